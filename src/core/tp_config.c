@@ -1,0 +1,1 @@
+#include "core/tp_config.h"

@@ -1,0 +1,3 @@
+#ifndef TP_CONFIG_H
+#define TP_CONFIG_H
+#endif

@@ -1,0 +1,102 @@
+#include "core/tp_util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+static int64_t
+clock_ms(clockid_t id)
+{
+	struct timespec ts;
+	clock_gettime(id, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t tp_now_mono_ms(void) { return clock_ms(CLOCK_MONOTONIC); }
+int64_t tp_now_real_ms(void) { return clock_ms(CLOCK_REALTIME); }
+
+int
+tp_fd_set_nonblock(int fd)
+{
+	int fl = fcntl(fd, F_GETFL);
+	if (fl == -1)
+		return -1;
+	return fcntl(fd, F_SETFL, fl | O_NONBLOCK) == -1 ? -1 : 0;
+}
+
+int
+tp_fd_set_cloexec(int fd)
+{
+	int fl = fcntl(fd, F_GETFD);
+	if (fl == -1)
+		return -1;
+	return fcntl(fd, F_SETFD, fl | FD_CLOEXEC) == -1 ? -1 : 0;
+}
+
+static int
+fill_random(void *p, size_t n)
+{
+	uint8_t *b = p;
+	while (n > 0) {
+		ssize_t r = getrandom(b, n, 0);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		b += r;
+		n -= (size_t)r;
+	}
+	return 0;
+}
+
+int
+tp_uuid4(char out[37])
+{
+	uint8_t u[16];
+	if (fill_random(u, sizeof(u)) != 0)
+		return -1;
+	u[6] = (uint8_t)((u[6] & 0x0f) | 0x40);
+	u[8] = (uint8_t)((u[8] & 0x3f) | 0x80);
+	snprintf(out, 37,
+	    "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+	    u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11],
+	    u[12], u[13], u[14], u[15]);
+	return 0;
+}
+
+double
+tp_random_unit(void)
+{
+	static int seeded;
+	static unsigned short xs[3];
+	if (!seeded || seeded != (int)getpid()) {
+		if (fill_random(xs, sizeof(xs)) != 0) {
+			xs[0] = (unsigned short)getpid();
+			xs[1] = (unsigned short)time(NULL);
+		}
+		seeded = (int)getpid();
+	}
+	return erand48(xs);
+}
+
+int
+tp_parse_long(const char *s, long min, long max, long *out)
+{
+	char *end;
+	long v;
+
+	if (s == NULL || *s == '\0')
+		return -1;
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno != 0 || *end != '\0' || v < min || v > max)
+		return -1;
+	*out = v;
+	return 0;
+}
