@@ -1,3 +1,109 @@
+/* tp_config: the configuration contract (libconfig syntax), its defaults and its validation.
+ *
+ * A configuration is parsed into a new, immutable struct tp_config; a reload builds another one and
+ * swaps it in only when it is valid (nginx's cycle idea). Temporal's standard environment variables
+ * (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TEMPORAL_TLS_*) override the file.
+ *
+ * Errors are reported as lines "FILE:LINE: message" (one per problem), never logged here.
+ */
 #ifndef TP_CONFIG_H
 #define TP_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+enum tp_handler_kind { TP_HANDLER_EXEC = 1, TP_HANDLER_PLUGIN = 2 };
+
+struct tp_activity_conf {
+	char  *type;                 /* Temporal activity type name */
+	enum tp_handler_kind kind;
+	int    line;                 /* where it was defined */
+	/* exec */
+	char **argv;                 /* NULL-terminated; argv[0] resolved to an absolute path */
+	size_t argc;
+	char **env;                  /* NULL-terminated "K=V" additions to the allowlisted environment */
+	size_t nenv;
+	char  *cwd;                  /* NULL: the worker's */
+	int    kill_grace_ms;        /* SIGTERM -> SIGKILL */
+	int   *nonretry_codes;       /* exit codes that fail without retry */
+	size_t n_nonretry;
+	size_t stdout_cap;           /* bytes */
+	long   rlimit_cpu;           /* seconds, -1: unset */
+	long   rlimit_as;            /* bytes, -1: unset */
+	long   rlimit_nofile;        /* -1: unset */
+	/* plugin */
+	char  *plugin;               /* plugin name (file name without .so, or path) */
+	char  *function;             /* exported function name */
+};
+
+struct tp_config {
+	char  *path;                 /* the file it was read from ("-" or a name for strings) */
+	char  *text;                 /* the exact text that was parsed (handed to children) */
+
+	/* temporal */
+	char  *address;              /* host:port as written */
+	char  *host;
+	char  *port;
+	char  *namespace_;
+	char  *task_queue;
+	char  *identity;             /* NULL: "<pid>@<hostname>@tprefork" per process */
+	char  *api_key_file;
+	char  *api_key;              /* read from api_key_file or TEMPORAL_API_KEY; never logged */
+	bool   tls;
+	char  *tls_ca;
+	char  *tls_cert;
+	char  *tls_key;
+	char  *tls_server_name;
+	bool   tls_skip_verify;
+
+	/* workers */
+	int    count;                /* children */
+	int    max_concurrent;       /* slots per child */
+	int    pollers;              /* open polls per child */
+	int    shutdown_timeout_ms;
+	int    cancel_grace_ms;
+	int    poll_timeout_ms;      /* grpc-timeout of a poll */
+	int    child_timeout_ms;     /* a child silent for longer is replaced */
+	int    max_activities_per_child; /* 0: never recycle */
+
+	/* log */
+	char  *log_file;             /* NULL: stderr */
+	int    log_level;            /* enum tp_log_level */
+
+	char  *journal_path;
+	char  *pidfile;
+	char  *user;
+	char  *group;
+	char  *status_listen;        /* "127.0.0.1:9233" or NULL */
+
+	char **plugins;              /* NULL-terminated paths */
+	size_t nplugins;
+
+	struct tp_activity_conf *activities;
+	size_t nactivities;
+};
+
+/* Problems found while loading: one "FILE:LINE: message" line each. */
+struct tp_config_errors {
+	char  **lines;
+	size_t  n;
+};
+
+/* Parse and validate the file at path. Returns the configuration, or NULL with errs filled
+ * (the caller frees errs with tp_config_errors_free). Environment overrides are applied when
+ * use_env is true. */
+struct tp_config *tp_config_load_file(const char *path, bool use_env,
+    struct tp_config_errors *errs);
+
+/* The same from text already read; name is used in error lines. */
+struct tp_config *tp_config_load_string(const char *text, const char *name, bool use_env,
+    struct tp_config_errors *errs);
+
+void tp_config_free(struct tp_config *cfg);
+void tp_config_errors_free(struct tp_config_errors *errs);
+
+/* The activity configured for type, or NULL. */
+const struct tp_activity_conf *tp_config_find_activity(const struct tp_config *cfg,
+    const char *type);
+
 #endif

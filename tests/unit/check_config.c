@@ -1,2 +1,286 @@
+/* Unit tests of tp_config: defaults, every section, and the file:line errors. */
 #include <check.h>
-int main(void){return 0;}
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/tp_config.h"
+#include "core/tp_log.h"
+
+static struct tp_config *
+load(const char *text, struct tp_config_errors *errs)
+{
+	return tp_config_load_string(text, "test.conf", false, errs);
+}
+
+/* The single error line of a failed load. */
+static char *
+one_error(const char *text)
+{
+	struct tp_config_errors errs;
+	struct tp_config *cfg = load(text, &errs);
+	char *line;
+
+	ck_assert_ptr_null(cfg);
+	ck_assert_uint_ge(errs.n, 1);
+	line = strdup(errs.lines[0]);
+	tp_config_errors_free(&errs);
+	return line;
+}
+
+#define MIN_ACT "activities = ( { type = \"Echo\"; exec = [ \"/bin/cat\" ]; } );\n"
+
+START_TEST(defaults)
+{
+	struct tp_config_errors errs;
+	struct tp_config *cfg = load(MIN_ACT, &errs);
+
+	ck_assert_ptr_nonnull(cfg);
+	ck_assert_str_eq(cfg->host, "127.0.0.1");
+	ck_assert_str_eq(cfg->port, "7233");
+	ck_assert_str_eq(cfg->namespace_, "default");
+	ck_assert_str_eq(cfg->task_queue, "tprefork");
+	ck_assert_int_eq(cfg->count, 4);
+	ck_assert_int_eq(cfg->max_concurrent, 8);
+	ck_assert_int_eq(cfg->pollers, 2);
+	ck_assert_int_eq(cfg->shutdown_timeout_ms, 30000);
+	ck_assert_int_eq(cfg->cancel_grace_ms, 5000);
+	ck_assert_int_eq(cfg->poll_timeout_ms, 70000);
+	ck_assert(!cfg->tls);
+	ck_assert_uint_eq(cfg->nactivities, 1);
+	ck_assert_str_eq(cfg->activities[0].argv[0], "/usr/bin/cat");
+	ck_assert_int_eq(cfg->activities[0].kill_grace_ms, 5000);
+	ck_assert_uint_eq(cfg->activities[0].stdout_cap, 2u * 1024 * 1024);
+	tp_config_free(cfg);
+}
+END_TEST
+
+START_TEST(full)
+{
+	const char *text =
+	    "temporal = { address = \"[::1]:7000\"; namespace = \"ns\"; task_queue = \"q\";\n"
+	    "  tls = { ca = \"/etc/ca.pem\"; server_name = \"x.example\"; }; };\n"
+	    "workers = { count = 3; max_concurrent_activities = 5; pollers = 1;\n"
+	    "  shutdown_timeout = 20; cancel_grace = 4; poll_timeout = 15; };\n"
+	    "log = { level = \"debug\"; };\n"
+	    "journal = { path = \"/tmp/j.db\"; };\n"
+	    "pidfile = \"/tmp/p.pid\";\n"
+	    "activities = (\n"
+	    "  { type = \"A\"; exec = [ \"cat\", \"-u\" ]; env = [ \"X=1\" ]; cwd = \"/tmp\";\n"
+	    "    kill_grace = 2; non_retryable_exit_codes = [ 2, 3 ]; },\n"
+	    "  { type = \"B\"; plugin = \"example\"; function = \"echo\"; } );\n";
+	struct tp_config_errors errs;
+	struct tp_config *cfg = load(text, &errs);
+	const struct tp_activity_conf *a;
+
+	ck_assert_msg(cfg != NULL, "%s", errs.n ? errs.lines[0] : "");
+	ck_assert_str_eq(cfg->host, "::1");
+	ck_assert_str_eq(cfg->port, "7000");
+	ck_assert_str_eq(cfg->namespace_, "ns");
+	ck_assert_str_eq(cfg->task_queue, "q");
+	ck_assert(cfg->tls);
+	ck_assert_str_eq(cfg->tls_server_name, "x.example");
+	ck_assert_int_eq(cfg->count, 3);
+	ck_assert_int_eq(cfg->max_concurrent, 5);
+	ck_assert_int_eq(cfg->pollers, 1);
+	ck_assert_int_eq(cfg->shutdown_timeout_ms, 20000);
+	ck_assert_int_eq(cfg->cancel_grace_ms, 4000);
+	ck_assert_int_eq(cfg->poll_timeout_ms, 15000);
+	ck_assert_int_eq(cfg->log_level, TP_LOG_DEBUG);
+	ck_assert_str_eq(cfg->journal_path, "/tmp/j.db");
+	a = tp_config_find_activity(cfg, "A");
+	ck_assert_ptr_nonnull(a);
+	ck_assert_int_eq(a->kind, TP_HANDLER_EXEC);
+	ck_assert_uint_eq(a->argc, 2);
+	ck_assert_str_eq(a->argv[1], "-u");
+	ck_assert_ptr_null(a->argv[2]);
+	ck_assert_str_eq(a->env[0], "X=1");
+	ck_assert_int_eq(a->kill_grace_ms, 2000);
+	ck_assert_uint_eq(a->n_nonretry, 2);
+	ck_assert_int_eq(a->nonretry_codes[1], 3);
+	a = tp_config_find_activity(cfg, "B");
+	ck_assert_int_eq(a->kind, TP_HANDLER_PLUGIN);
+	ck_assert_str_eq(a->function, "echo");
+	ck_assert_ptr_null(tp_config_find_activity(cfg, "C"));
+	tp_config_free(cfg);
+}
+END_TEST
+
+START_TEST(syntax_error_has_line)
+{
+	char *e = one_error("workers = { count 3; };\n\n" MIN_ACT);
+	ck_assert_msg(strncmp(e, "test.conf:1: ", 13) == 0, "%s", e);
+	free(e);
+	e = one_error(MIN_ACT "\n\nworkers = { count = ; };\n");
+	ck_assert_msg(strncmp(e, "test.conf:4: ", 13) == 0, "%s", e);
+	free(e);
+}
+END_TEST
+
+START_TEST(unknown_key)
+{
+	char *e = one_error(MIN_ACT "workers = {\n  pollerz = 2; };\n");
+	ck_assert_msg(strstr(e, "test.conf:3:") && strstr(e, "workers.pollerz"), "%s", e);
+	free(e);
+}
+END_TEST
+
+START_TEST(bad_values)
+{
+	char *e;
+
+	e = one_error(MIN_ACT "workers = { pollers = 0; };\n");
+	ck_assert_msg(strstr(e, "test.conf:2:") && strstr(e, "pollers"), "%s", e);
+	free(e);
+	e = one_error(MIN_ACT "workers = { count = \"four\"; };\n");
+	ck_assert_msg(strstr(e, "must be an integer"), "%s", e);
+	free(e);
+	e = one_error(MIN_ACT "temporal = { address = \"nohost\"; };\n");
+	ck_assert_msg(strstr(e, "host:port"), "%s", e);
+	free(e);
+	e = one_error(MIN_ACT "workers = { pollers = 9; max_concurrent_activities = 8; };\n");
+	ck_assert_msg(strstr(e, "must not exceed"), "%s", e);
+	free(e);
+	e = one_error(MIN_ACT "workers = { shutdown_timeout = 5; cancel_grace = 5; };\n");
+	ck_assert_msg(strstr(e, "cancel_grace"), "%s", e);
+	free(e);
+	e = one_error(MIN_ACT "workers = { poll_timeout = 1; };\n");
+	ck_assert_msg(strstr(e, "poll_timeout"), "%s", e);
+	free(e);
+	e = one_error(MIN_ACT "log = { level = \"loud\"; };\n");
+	ck_assert_msg(strstr(e, "log.level"), "%s", e);
+	free(e);
+}
+END_TEST
+
+START_TEST(bad_activities)
+{
+	char *e;
+
+	e = one_error("activities = ( { type = \"A\"; exec = [ \"/nonexistent/cmd\" ]; } );\n");
+	ck_assert_msg(strstr(e, "test.conf:1:") && strstr(e, "not found"), "%s", e);
+	free(e);
+	e = one_error("activities = ( { type = \"A\"; } );\n");
+	ck_assert_msg(strstr(e, "exactly one"), "%s", e);
+	free(e);
+	e = one_error("activities = (\n { type = \"A\"; exec = [\"/bin/cat\"]; },\n"
+	    " { type = \"A\"; exec = [\"/bin/cat\"]; } );\n");
+	ck_assert_msg(strstr(e, "test.conf:3:") && strstr(e, "defined twice"), "%s", e);
+	free(e);
+	e = one_error("activities = ( { type = \"A\"; exec = [ ]; } );\n");
+	ck_assert_msg(strstr(e, "at least"), "%s", e);
+	free(e);
+	e = one_error("activities = ( { type = \"A\"; exec = [\"/bin/cat\"]; env = [ \"NOEQUALS\" ]; } );\n");
+	ck_assert_msg(strstr(e, "NAME=VALUE"), "%s", e);
+	free(e);
+	e = one_error("workers = { count = 1; };\n");
+	ck_assert_msg(strstr(e, "no 'activities'"), "%s", e);
+	free(e);
+}
+END_TEST
+
+START_TEST(several_errors_reported)
+{
+	struct tp_config_errors errs;
+	struct tp_config *cfg = load(MIN_ACT "workers = { count = 0; pollers = 0; bogus = 1; };\n", &errs);
+
+	ck_assert_ptr_null(cfg);
+	ck_assert_uint_eq(errs.n, 3);
+	tp_config_errors_free(&errs);
+}
+END_TEST
+
+START_TEST(env_overrides)
+{
+	struct tp_config_errors errs;
+	struct tp_config *cfg;
+
+	setenv("TEMPORAL_ADDRESS", "example.org:443", 1);
+	setenv("TEMPORAL_NAMESPACE", "prod", 1);
+	setenv("TEMPORAL_API_KEY", "secret", 1);
+	cfg = tp_config_load_string(MIN_ACT, "env.conf", true, &errs);
+	unsetenv("TEMPORAL_ADDRESS");
+	unsetenv("TEMPORAL_NAMESPACE");
+	unsetenv("TEMPORAL_API_KEY");
+	ck_assert_ptr_nonnull(cfg);
+	ck_assert_str_eq(cfg->host, "example.org");
+	ck_assert_str_eq(cfg->port, "443");
+	ck_assert_str_eq(cfg->namespace_, "prod");
+	ck_assert_str_eq(cfg->api_key, "secret");
+	tp_config_free(cfg);
+}
+END_TEST
+
+START_TEST(api_key_file_mode)
+{
+	char path[] = "/tmp/tp-key-XXXXXX";
+	int fd = mkstemp(path);
+	char *text, *e;
+	struct tp_config_errors errs;
+	struct tp_config *cfg;
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write(fd, "k3y\n", 4), 4);
+	close(fd);
+	text = NULL;
+	ck_assert_int_gt(asprintf(&text, "temporal = { api_key_file = \"%s\"; };\n" MIN_ACT, path), 0);
+	chmod(path, 0600);
+	cfg = load(text, &errs);
+	ck_assert_ptr_nonnull(cfg);
+	ck_assert_str_eq(cfg->api_key, "k3y");
+	tp_config_free(cfg);
+	chmod(path, 0644);
+	e = one_error(text);
+	ck_assert_msg(strstr(e, "chmod 600"), "%s", e);
+	free(e);
+	unlink(path);
+	free(text);
+}
+END_TEST
+
+START_TEST(missing_file)
+{
+	struct tp_config_errors errs;
+	struct tp_config *cfg = tp_config_load_file("/nonexistent.conf", false, &errs);
+
+	ck_assert_ptr_null(cfg);
+	ck_assert_uint_eq(errs.n, 1);
+	ck_assert_msg(strstr(errs.lines[0], "/nonexistent.conf") &&
+	    strstr(errs.lines[0], "No such file"), "%s", errs.lines[0]);
+	tp_config_errors_free(&errs);
+}
+END_TEST
+
+static Suite *
+config_suite(void)
+{
+	Suite *s = suite_create("config");
+	TCase *tc = tcase_create("core");
+
+	tcase_add_test(tc, defaults);
+	tcase_add_test(tc, full);
+	tcase_add_test(tc, syntax_error_has_line);
+	tcase_add_test(tc, unknown_key);
+	tcase_add_test(tc, bad_values);
+	tcase_add_test(tc, bad_activities);
+	tcase_add_test(tc, several_errors_reported);
+	tcase_add_test(tc, env_overrides);
+	tcase_add_test(tc, api_key_file_mode);
+	tcase_add_test(tc, missing_file);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int
+main(void)
+{
+	SRunner *sr = srunner_create(config_suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
