@@ -1,0 +1,848 @@
+#include "worker/tp_worker.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "activity/tp_activity.h"
+#include "core/tp_config.h"
+#include "core/tp_log.h"
+#include "core/tp_mem.h"
+#include "core/tp_util.h"
+#include "temporal/tp_pb.h"
+#include "temporal/tp_temporal.h"
+#include "transport/tp_grpc.h"
+
+#include "temporal/api/namespace/v1/message.pb-c.h"
+
+typedef Temporal__Api__Workflowservice__V1__PollActivityTaskQueueResponse poll_resp;
+
+/* The SDKs' local timeout buffer beyond start-to-close before an activity is stopped. */
+#define LOCAL_DEADLINE_BUFFER_MS 5000
+/* Heartbeat throttling (temporal-protocol.md §5). */
+#define HB_DEFAULT_INTERVAL_MS 30000
+#define HB_MAX_INTERVAL_MS 60000
+/* stderr lines logged per activity before the rest is suppressed. */
+#define STDERR_LINES_MAX 100
+
+struct worker;
+
+struct poll {
+	struct worker           *w;
+	struct poll             *next, *prev;
+	struct tp_temporal_call *call;
+};
+
+struct task {
+	struct worker           *w;
+	struct task             *next, *prev;
+	poll_resp               *resp;          /* owned */
+	const struct tp_activity_conf *ac;
+	struct tp_activity_run  *run;           /* NULL once the handler is done */
+	char                     label[160];    /* "Type id=... attempt=N" for logs */
+	/* heartbeats */
+	json_t                  *hb_pending;    /* newest details not yet sent (owned) */
+	json_t                  *hb_latest;     /* newest details seen (owned), for failure reports */
+	int64_t                  hb_interval_ms;
+	int64_t                  hb_last_ms;    /* when the last heartbeat was sent; 0: never */
+	struct event            *hb_ev;
+	struct tp_temporal_call *hb_call;
+	/* state */
+	bool                     server_cancel; /* cancel_requested seen: report Canceled */
+	bool                     not_found;     /* the server no longer knows the task: report nothing */
+	bool                     timed_out;     /* local deadline passed: report nothing */
+	bool                     shutdown_cancel; /* cancelled by the drain: report WorkerShutdown */
+	struct event            *deadline_ev;
+	struct tp_temporal_call *report_call;
+	int                      stderr_lines;
+	int64_t                  started_ms;
+};
+
+struct worker {
+	struct event_base       *base;
+	const struct tp_config  *cfg;
+	int                      index;
+	bool                     standalone;
+	struct tp_temporal      *tc;
+	char                     key[37];        /* worker_instance_key */
+	char                     identity[300];
+	bool                     poll_complete_cap; /* namespace capability */
+	bool                     ready;
+	bool                     draining;
+	bool                     cancelling;
+	bool                     closing;
+	int                      polls_open;
+	int                      tasks_held;
+	struct poll             *polls;
+	struct task             *tasks;
+	struct tp_backoff        poll_backoff;
+	struct event            *poll_retry_ev;
+	bool                     poll_waiting;   /* poll_retry_ev armed */
+	struct tp_backoff        describe_backoff;
+	struct event            *describe_ev;
+	struct tp_temporal_call *describe_call;
+	struct tp_temporal_call *shutdown_call;
+	struct event            *sigs[6];
+	int                      nsigs;
+	int                      drain_signals;  /* drain requests seen */
+	int                      exit_status;
+	unsigned long            completed, failed, cancelled;
+};
+
+static void maybe_poll(struct worker *w);
+static void check_drained(struct worker *w);
+
+/* ---- helpers -------------------------------------------------------------------------------- */
+
+static void
+timer_in(struct event *ev, int64_t ms)
+{
+	struct timeval tv;
+
+	if (ms < 0)
+		ms = 0;
+	tv.tv_sec = (time_t)(ms / 1000);
+	tv.tv_usec = (suseconds_t)((ms % 1000) * 1000);
+	evtimer_add(ev, &tv);
+}
+
+static int64_t
+duration_ms(const Google__Protobuf__Duration *d)
+{
+	return d ? (int64_t)d->seconds * 1000 + d->nanos / 1000000 : 0;
+}
+
+static int64_t
+timestamp_ms(const Google__Protobuf__Timestamp *t)
+{
+	return t ? (int64_t)t->seconds * 1000 + t->nanos / 1000000 : 0;
+}
+
+static const char *
+str_or_empty(const char *s)
+{
+	return s ? s : "";
+}
+
+/* ---- tasks: bookkeeping --------------------------------------------------------------------- */
+
+static void
+task_free(struct task *t)
+{
+	struct worker *w = t->w;
+
+	if (t->prev)
+		t->prev->next = t->next;
+	else
+		w->tasks = t->next;
+	if (t->next)
+		t->next->prev = t->prev;
+	if (t->hb_call)
+		tp_temporal_call_cancel(t->hb_call);
+	if (t->report_call)
+		tp_temporal_call_cancel(t->report_call);
+	if (t->hb_ev)
+		event_free(t->hb_ev);
+	if (t->deadline_ev)
+		event_free(t->deadline_ev);
+	json_decref(t->hb_pending);
+	json_decref(t->hb_latest);
+	if (t->resp)
+		protobuf_c_message_free_unpacked(&t->resp->base, NULL);
+	free(t);
+	w->tasks_held--;
+}
+
+/* The task is over (reported or given up): free its slot and poll again. */
+static void
+task_finish(struct task *t)
+{
+	struct worker *w = t->w;
+
+	task_free(t);
+	maybe_poll(w);
+	check_drained(w);
+}
+
+/* ---- reporting ------------------------------------------------------------------------------ */
+
+static void
+on_report_done(void *arg, const struct tp_temporal_status *st, ProtobufCMessage *resp)
+{
+	struct task *t = arg;
+
+	t->report_call = NULL;
+	if (resp)
+		protobuf_c_message_free_unpacked(resp, NULL);
+	if (st->code == TP_GRPC_NOT_FOUND)
+		tp_log_info("%s: the server no longer knows this task (timed out, or completed "
+		    "elsewhere); result dropped", t->label);
+	else if (st->code != TP_GRPC_OK)
+		tp_log_error("%s: cannot report the result after %d attempt(s): %s: %s", t->label,
+		    st->attempts, tp_grpc_code_name(st->code), st->message);
+	task_finish(t);
+}
+
+static void
+report_failure(struct task *t, const char *type, const char *message, bool non_retryable,
+    json_t *details)
+{
+	struct worker *w = t->w;
+	tp_failure *f = tp_pb_app_failure(type, message, non_retryable, details);
+	tp_payloads *hb = t->hb_latest ? tp_pb_payloads_from_json(t->hb_latest) : NULL;
+
+	w->failed++;
+	tp_log_debug("%s: failed: %s: %s%s", t->label, type, message,
+	    non_retryable ? " (non-retryable)" : "");
+	t->report_call = tp_temporal_fail(w->tc, &t->resp->task_token, f, hb, on_report_done, t);
+	tp_pb_failure_free(f);
+	tp_pb_payloads_free(hb);
+}
+
+static bool
+is_blank(const char *s, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if (s[i] != ' ' && s[i] != '\t' && s[i] != '\n' && s[i] != '\r')
+			return false;
+	return true;
+}
+
+static void
+report_completed(struct task *t, const char *result, size_t len)
+{
+	struct worker *w = t->w;
+	tp_payloads *ps = NULL;
+	char err[512], msg[700];
+
+	if (result && !is_blank(result, len)) {
+		ps = tp_pb_payloads_from_json_text(result, len, err, sizeof(err));
+		if (ps == NULL) {
+			snprintf(msg, sizeof(msg), "the result on stdout is %s", err);
+			report_failure(t, "InvalidResult", msg, true, NULL);
+			return;
+		}
+	}
+	w->completed++;
+	tp_log_debug("%s: completed", t->label);
+	t->report_call = tp_temporal_complete(w->tc, &t->resp->task_token, ps, on_report_done, t);
+	tp_pb_payloads_free(ps);
+}
+
+static void
+report_canceled(struct task *t)
+{
+	struct worker *w = t->w;
+
+	w->cancelled++;
+	tp_log_info("%s: cancelled as the server requested", t->label);
+	t->report_call = tp_temporal_canceled(w->tc, &t->resp->task_token, NULL, on_report_done, t);
+}
+
+static void
+on_activity_done(void *arg, const struct tp_activity_outcome *o)
+{
+	struct task *t = arg;
+
+	t->run = NULL;
+	if (t->hb_ev)
+		evtimer_del(t->hb_ev);
+	if (t->deadline_ev)
+		evtimer_del(t->deadline_ev);
+	if (t->not_found || t->timed_out) {
+		/* As the SDKs do: the server has timed it out or forgotten it; nothing to report. */
+		tp_log_info("%s: stopped (%s); not reported", t->label,
+		    t->timed_out ? "local deadline passed" : "task no longer known to the server");
+		task_finish(t);
+	} else if (o->kind == TP_OUTCOME_COMPLETED) {
+		report_completed(t, o->result, o->result_len);
+	} else if (t->server_cancel && o->cancelled) {
+		report_canceled(t);
+	} else if (t->shutdown_cancel && o->cancelled) {
+		report_failure(t, "WorkerShutdown",
+		    "Worker is shutting down and this activity did not complete in time", false, NULL);
+	} else {
+		report_failure(t, o->type, o->message, o->non_retryable, o->details);
+	}
+}
+
+/* ---- heartbeats ----------------------------------------------------------------------------- */
+
+static void send_heartbeat(struct task *t);
+
+static void
+on_heartbeat_done(void *arg, const struct tp_temporal_status *st, ProtobufCMessage *resp)
+{
+	struct task *t = arg;
+	Temporal__Api__Workflowservice__V1__RecordActivityTaskHeartbeatResponse *r =
+	    (void *)resp;
+
+	t->hb_call = NULL;
+	if (st->code == TP_GRPC_NOT_FOUND) {
+		t->not_found = true;
+		if (t->run)
+			tp_activity_cancel(t->run);
+	} else if (st->code != TP_GRPC_OK) {
+		tp_log_warnx("%s: heartbeat failed: %s: %s", t->label, tp_grpc_code_name(st->code),
+		    st->message);
+	} else if (r->cancel_requested || r->activity_reset) {
+		if (!t->server_cancel && t->run) {
+			t->server_cancel = true;
+			tp_log_info("%s: the server requested cancellation%s", t->label,
+			    r->activity_reset ? " (activity reset)" : "");
+			tp_activity_cancel(t->run);
+		}
+	}
+	if (resp)
+		protobuf_c_message_free_unpacked(resp, NULL);
+	/* Details that arrived while this heartbeat was in flight go at the end of the window. */
+	if (t->run && t->hb_pending && !evtimer_pending(t->hb_ev, NULL))
+		timer_in(t->hb_ev, t->hb_last_ms + t->hb_interval_ms - tp_now_mono_ms());
+}
+
+static void
+send_heartbeat(struct task *t)
+{
+	struct worker *w = t->w;
+	tp_payloads *ps = tp_pb_payloads_from_json(t->hb_pending);
+	int64_t timeout = t->hb_interval_ms > 1000 ? t->hb_interval_ms : 1000;
+
+	json_decref(t->hb_pending);
+	t->hb_pending = NULL;
+	t->hb_last_ms = tp_now_mono_ms();
+	t->hb_call = tp_temporal_heartbeat(w->tc, &t->resp->task_token, ps, timeout,
+	    on_heartbeat_done, t);
+	tp_pb_payloads_free(ps);
+}
+
+static void
+on_heartbeat_timer(evutil_socket_t fd, short what, void *arg)
+{
+	struct task *t = arg;
+
+	if (t->hb_pending && t->hb_call == NULL && t->run)
+		send_heartbeat(t);
+}
+
+/* A heartbeat record from the handler: the first goes at once, later ones are coalesced and the
+ * newest is sent at the end of each throttle window. */
+static void
+on_activity_heartbeat(void *arg, json_t *details)
+{
+	struct task *t = arg;
+	int64_t now = tp_now_mono_ms();
+
+	json_decref(t->hb_pending);
+	t->hb_pending = json_incref(details ? details : json_null());
+	json_decref(t->hb_latest);
+	t->hb_latest = json_incref(t->hb_pending);
+	if (t->hb_call != NULL || evtimer_pending(t->hb_ev, NULL))
+		return;
+	if (t->hb_last_ms == 0 || now - t->hb_last_ms >= t->hb_interval_ms)
+		send_heartbeat(t);
+	else
+		timer_in(t->hb_ev, t->hb_last_ms + t->hb_interval_ms - now);
+}
+
+static void
+on_activity_log(void *arg, const char *line, size_t len)
+{
+	struct task *t = arg;
+
+	if (++t->stderr_lines <= STDERR_LINES_MAX)
+		tp_log_info("%s: %.*s", t->label, (int)len, line);
+	else if (t->stderr_lines == STDERR_LINES_MAX + 1)
+		tp_log_info("%s: further output suppressed", t->label);
+}
+
+/* ---- starting a task ------------------------------------------------------------------------ */
+
+static void
+on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+	struct task *t = arg;
+
+	if (t->run == NULL)
+		return;
+	t->timed_out = true;
+	tp_log_warnx("%s: start-to-close deadline passed; stopping it", t->label);
+	tp_activity_kill(t->run);
+}
+
+static void
+arm_deadline(struct task *t)
+{
+	const poll_resp *r = t->resp;
+	int64_t now = tp_now_real_ms();
+	int64_t deadline = 0, s2c = duration_ms(r->start_to_close_timeout);
+	int64_t sched2close = duration_ms(r->schedule_to_close_timeout);
+
+	if (s2c > 0)
+		deadline = now + s2c;
+	if (sched2close > 0 && r->scheduled_time) {
+		int64_t d = timestamp_ms(r->scheduled_time) + sched2close;
+		if (deadline == 0 || d < deadline)
+			deadline = d;
+	}
+	if (deadline > 0)
+		timer_in(t->deadline_ev, deadline - now + LOCAL_DEADLINE_BUFFER_MS);
+}
+
+static void
+fill_info(const struct task *t, struct tp_activity_info *info)
+{
+	const poll_resp *r = t->resp;
+	int64_t s2c = duration_ms(r->start_to_close_timeout);
+
+	memset(info, 0, sizeof(*info));
+	info->type = r->activity_type ? str_or_empty(r->activity_type->name) : "";
+	info->activity_id = str_or_empty(r->activity_id);
+	info->workflow_id = r->workflow_execution ? str_or_empty(r->workflow_execution->workflow_id) : "";
+	info->run_id = r->workflow_execution ? str_or_empty(r->workflow_execution->run_id)
+	                                     : str_or_empty(r->activity_run_id);
+	info->workflow_type = r->workflow_type ? str_or_empty(r->workflow_type->name) : "";
+	info->task_queue = t->w->cfg->task_queue;
+	info->namespace_ = t->w->cfg->namespace_;
+	info->attempt = r->attempt;
+	info->deadline_ms = s2c > 0 ? tp_now_real_ms() + s2c : 0;
+	info->heartbeat_timeout_ms = duration_ms(r->heartbeat_timeout);
+}
+
+static int64_t
+heartbeat_interval(const poll_resp *r)
+{
+	int64_t hbt = duration_ms(r->heartbeat_timeout);
+	int64_t iv = hbt > 0 ? hbt * 8 / 10 : HB_DEFAULT_INTERVAL_MS;
+	return iv > HB_MAX_INTERVAL_MS ? HB_MAX_INTERVAL_MS : iv;
+}
+
+static void
+task_run(struct task *t)
+{
+	struct worker *w = t->w;
+	struct tp_activity_callbacks cb = { on_activity_heartbeat, on_activity_log, on_activity_done, t };
+	struct tp_activity_info info;
+	char *input = NULL, *hb_json = NULL, err[512], msg[700];
+	size_t input_len = 0;
+
+	fill_info(t, &info);
+	if (t->ac == NULL) {
+		snprintf(msg, sizeof(msg), "activity type \"%s\" is not registered on task queue \"%s\" "
+		    "(this worker serves %zu type(s))", info.type, w->cfg->task_queue,
+		    w->cfg->nactivities);
+		report_failure(t, "UnknownActivityType", msg, true, NULL);
+		return;
+	}
+	if (tp_pb_input_to_json(t->resp->input, &input, &input_len, err, sizeof(err)) != 0) {
+		report_failure(t, "UnsupportedEncoding", err, true, NULL);
+		return;
+	}
+	hb_json = tp_pb_payloads_to_json(t->resp->heartbeat_details);
+	info.input = input;
+	info.input_len = input_len;
+	info.heartbeat_details = hb_json;
+	t->run = tp_activity_start(w->base, t->ac, &info, &cb, err, sizeof(err));
+	free(input);
+	free(hb_json);
+	if (t->run == NULL) {
+		tp_log_error("%s: cannot start the handler: %s", t->label, err);
+		report_failure(t, "HandlerStartFailed", err, false, NULL);
+		return;
+	}
+	arm_deadline(t);
+	if (w->cancelling) {
+		t->shutdown_cancel = true;
+		tp_activity_cancel(t->run);
+	}
+}
+
+static void
+task_start(struct worker *w, poll_resp *resp)
+{
+	struct task *t = tp_xcalloc(1, sizeof(*t));
+	const char *type = resp->activity_type ? str_or_empty(resp->activity_type->name) : "";
+
+	t->w = w;
+	t->resp = resp;
+	t->ac = tp_config_find_activity(w->cfg, type);
+	t->started_ms = tp_now_mono_ms();
+	t->hb_interval_ms = heartbeat_interval(resp);
+	t->hb_ev = evtimer_new(w->base, on_heartbeat_timer, t);
+	t->deadline_ev = evtimer_new(w->base, on_deadline, t);
+	snprintf(t->label, sizeof(t->label), "%.60s id=%.60s attempt=%d", type,
+	    str_or_empty(resp->activity_id), resp->attempt);
+	t->next = w->tasks;
+	if (w->tasks)
+		w->tasks->prev = t;
+	w->tasks = t;
+	w->tasks_held++;
+	tp_log_debug("%s: started", t->label);
+	task_run(t);
+}
+
+/* ---- polling -------------------------------------------------------------------------------- */
+
+static void
+poll_unlink(struct poll *p)
+{
+	struct worker *w = p->w;
+
+	if (p->prev)
+		p->prev->next = p->next;
+	else
+		w->polls = p->next;
+	if (p->next)
+		p->next->prev = p->prev;
+	w->polls_open--;
+	free(p);
+}
+
+static void
+log_poll_error(struct worker *w, const struct tp_temporal_status *st, int64_t delay)
+{
+	/* Log the first failure of a streak and then every doubling, not every retry. */
+	int n = w->poll_backoff.attempts;
+	if ((n & (n - 1)) == 0)
+		tp_log_warnx("poll failed (%d in a row): %s: %s; retrying in %lld ms", n,
+		    tp_grpc_code_name(st->code), st->message, (long long)delay);
+}
+
+static void
+on_poll_done(void *arg, const struct tp_temporal_status *st, ProtobufCMessage *resp)
+{
+	struct poll *p = arg;
+	struct worker *w = p->w;
+	poll_resp *r = (poll_resp *)resp;
+
+	poll_unlink(p);
+	if (st->code == TP_GRPC_OK) {
+		tp_backoff_reset(&w->poll_backoff);
+		if (r->task_token.len > 0) {
+			task_start(w, r);   /* takes r; runs even while draining: it must not be lost */
+			r = NULL;
+		}
+	} else if (st->code != TP_GRPC_DEADLINE_EXCEEDED && st->code != TP_GRPC_CANCELLED) {
+		int64_t delay = tp_backoff_next(&w->poll_backoff);
+		if (st->code == TP_GRPC_RESOURCE_EXHAUSTED && delay < 1000)
+			delay = 1000;
+		log_poll_error(w, st, delay);
+		if (!w->poll_waiting && !w->draining) {
+			w->poll_waiting = true;
+			timer_in(w->poll_retry_ev, delay);
+		}
+	}
+	if (r)
+		protobuf_c_message_free_unpacked(&r->base, NULL);
+	maybe_poll(w);
+	check_drained(w);
+}
+
+static void
+on_poll_retry(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+
+	w->poll_waiting = false;
+	maybe_poll(w);
+}
+
+/* Keep `pollers` polls open while there is a free slot for every task a poll may bring back
+ * (design invariant 4). */
+static void
+maybe_poll(struct worker *w)
+{
+	while (w->ready && !w->draining && !w->poll_waiting && w->polls_open < w->cfg->pollers &&
+	    w->polls_open + w->tasks_held < w->cfg->max_concurrent) {
+		struct poll *p = tp_xcalloc(1, sizeof(*p));
+		p->w = w;
+		p->next = w->polls;
+		if (w->polls)
+			w->polls->prev = p;
+		w->polls = p;
+		w->polls_open++;
+		p->call = tp_temporal_poll_activity(w->tc, w->cfg->task_queue, w->key,
+		    w->cfg->poll_timeout_ms, on_poll_done, p);
+	}
+}
+
+/* ---- start-up ------------------------------------------------------------------------------- */
+
+static void describe(struct worker *w);
+
+static void
+become_ready(struct worker *w)
+{
+	w->ready = true;
+	tp_log_info("ready: namespace=%s task_queue=%s pollers=%d slots=%d "
+	    "poll_complete_on_shutdown=%s identity=%s", w->cfg->namespace_, w->cfg->task_queue,
+	    w->cfg->pollers, w->cfg->max_concurrent, w->poll_complete_cap ? "yes" : "no", w->identity);
+	maybe_poll(w);
+}
+
+static void
+on_describe_done(void *arg, const struct tp_temporal_status *st, ProtobufCMessage *resp)
+{
+	struct worker *w = arg;
+	Temporal__Api__Workflowservice__V1__DescribeNamespaceResponse *r = (void *)resp;
+
+	w->describe_call = NULL;
+	if (st->code == TP_GRPC_OK) {
+		if (r->namespace_info && r->namespace_info->capabilities)
+			w->poll_complete_cap =
+			    r->namespace_info->capabilities->worker_poll_complete_on_shutdown;
+		protobuf_c_message_free_unpacked(resp, NULL);
+		become_ready(w);
+		return;
+	}
+	if (st->code == TP_GRPC_UNIMPLEMENTED) {
+		become_ready(w);
+		return;
+	}
+	int64_t delay = tp_backoff_next(&w->describe_backoff);
+	tp_log_warnx("cannot describe namespace \"%s\": %s: %s%s; retrying in %lld ms",
+	    w->cfg->namespace_, tp_grpc_code_name(st->code), st->message,
+	    st->detail == TP_DETAIL_NAMESPACE_NOT_FOUND ? " (the namespace does not exist)" : "",
+	    (long long)delay);
+	if (w->draining) {
+		check_drained(w);
+		return;
+	}
+	timer_in(w->describe_ev, delay);
+}
+
+static void
+on_describe_timer(evutil_socket_t fd, short what, void *arg)
+{
+	describe(arg);
+}
+
+static void
+describe(struct worker *w)
+{
+	w->describe_call = tp_temporal_describe_namespace(w->tc, on_describe_done, w);
+}
+
+/* ---- draining ------------------------------------------------------------------------------- */
+
+static void
+on_closed(void *arg)
+{
+	struct worker *w = arg;
+	event_base_loopbreak(w->base);
+}
+
+/* Everything done: close the connection with GOAWAY and leave the loop. */
+static void
+check_drained(struct worker *w)
+{
+	if (!w->draining || w->closing || w->polls_open > 0 || w->tasks_held > 0 ||
+	    w->shutdown_call != NULL)
+		return;
+	w->closing = true;
+	tp_log_info("drained: %lu completed, %lu failed, %lu cancelled; closing the connection",
+	    w->completed, w->failed, w->cancelled);
+	if (w->describe_call) {
+		tp_temporal_call_cancel(w->describe_call);
+		w->describe_call = NULL;
+	}
+	tp_temporal_close(w->tc, on_closed, w);
+}
+
+static void
+on_shutdown_worker_done(void *arg, const struct tp_temporal_status *st, ProtobufCMessage *resp)
+{
+	struct worker *w = arg;
+
+	w->shutdown_call = NULL;
+	if (resp)
+		protobuf_c_message_free_unpacked(resp, NULL);
+	if (st->code != TP_GRPC_OK && st->code != TP_GRPC_UNIMPLEMENTED)
+		tp_log_warnx("ShutdownWorker failed: %s: %s", tp_grpc_code_name(st->code), st->message);
+	check_drained(w);
+}
+
+/* Without the server capability an open poll cannot end early without risk; the policy is the
+ * SDKs' default: cancel it at once (a task the server hands over at that instant waits for its
+ * timeout). With the capability, polls complete (empty) after ShutdownWorker and any task they
+ * bring is run. */
+static void
+cancel_open_polls(struct worker *w)
+{
+	while (w->polls) {
+		struct poll *p = w->polls;
+		tp_temporal_call_cancel(p->call);
+		poll_unlink(p);
+	}
+}
+
+static void
+begin_drain(struct worker *w)
+{
+	if (w->draining)
+		return;
+	w->draining = true;
+	tp_log_info("draining: %d task(s) in flight, %d poll(s) open", w->tasks_held, w->polls_open);
+	if (w->poll_waiting) {
+		evtimer_del(w->poll_retry_ev);
+		w->poll_waiting = false;
+	}
+	evtimer_del(w->describe_ev);
+	if (w->ready)
+		w->shutdown_call = tp_temporal_shutdown_worker(w->tc, w->cfg->task_queue, w->key,
+		    "graceful shutdown", on_shutdown_worker_done, w);
+	if (!w->poll_complete_cap)
+		cancel_open_polls(w);
+	check_drained(w);
+}
+
+/* Cancel every running activity; each is reported as a retryable WorkerShutdown failure. */
+static void
+cancel_all(struct worker *w)
+{
+	if (w->cancelling)
+		return;
+	w->cancelling = true;
+	tp_log_info("cancelling %d running activit%s", w->tasks_held,
+	    w->tasks_held == 1 ? "y" : "ies");
+	for (struct task *t = w->tasks; t; t = t->next) {
+		if (t->run) {
+			t->shutdown_cancel = true;
+			tp_activity_cancel(t->run);
+		}
+	}
+}
+
+static void
+on_drain_signal(evutil_socket_t sig, short what, void *arg)
+{
+	struct worker *w = arg;
+
+	if (++w->drain_signals == 1)
+		begin_drain(w);
+	else
+		cancel_all(w);
+}
+
+static void
+on_quit_signal(evutil_socket_t sig, short what, void *arg)
+{
+	struct worker *w = arg;
+
+	begin_drain(w);
+	cancel_all(w);
+}
+
+/* ---- set-up --------------------------------------------------------------------------------- */
+
+static void
+add_signal(struct worker *w, int sig, event_callback_fn fn)
+{
+	struct event *ev = evsignal_new(w->base, sig, fn, w);
+	evsignal_add(ev, NULL);
+	w->sigs[w->nsigs++] = ev;
+}
+
+static void
+ignore_signal(int sig)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = SIG_IGN;
+	sigaction(sig, &sa, NULL);
+}
+
+static void
+setup_signals(struct worker *w)
+{
+	ignore_signal(SIGPIPE);
+	if (w->standalone) {
+		add_signal(w, SIGTERM, on_drain_signal);
+		add_signal(w, SIGINT, on_drain_signal);
+		add_signal(w, SIGQUIT, on_quit_signal);
+	} else {
+		/* A terminal's Ctrl-C or a process-group signal must not bypass the master. */
+		ignore_signal(SIGTERM);
+		ignore_signal(SIGINT);
+		ignore_signal(SIGHUP);
+		add_signal(w, SIGUSR1, on_drain_signal);
+	}
+}
+
+static void
+make_identity(struct worker *w)
+{
+	char host[256];
+
+	if (w->cfg->identity) {
+		snprintf(w->identity, sizeof(w->identity), "%s", w->cfg->identity);
+		return;
+	}
+	if (gethostname(host, sizeof(host)) != 0)
+		snprintf(host, sizeof(host), "localhost");
+	host[sizeof(host) - 1] = '\0';
+	snprintf(w->identity, sizeof(w->identity), "%ld@%s@tprefork", (long)getpid(), host);
+}
+
+static void
+worker_free(struct worker *w)
+{
+	while (w->tasks)
+		task_free(w->tasks);
+	while (w->polls) {
+		tp_temporal_call_cancel(w->polls->call);
+		poll_unlink(w->polls);
+	}
+	if (w->describe_call)
+		tp_temporal_call_cancel(w->describe_call);
+	if (w->shutdown_call)
+		tp_temporal_call_cancel(w->shutdown_call);
+	tp_temporal_free(w->tc);
+	for (int i = 0; i < w->nsigs; i++)
+		event_free(w->sigs[i]);
+	if (w->poll_retry_ev)
+		event_free(w->poll_retry_ev);
+	if (w->describe_ev)
+		event_free(w->describe_ev);
+	event_base_free(w->base);
+}
+
+int
+tp_worker_run(const struct tp_worker_opts *o)
+{
+	struct worker w;
+	char err[512];
+
+	memset(&w, 0, sizeof(w));
+	w.cfg = o->cfg;
+	w.index = o->index;
+	w.standalone = o->standalone;
+	w.base = event_base_new();
+	if (w.base == NULL)
+		tp_fatalx("cannot create an event base");
+	if (tp_uuid4(w.key) != 0)
+		tp_fatal("cannot make a worker instance key");
+	make_identity(&w);
+	tp_backoff_init(&w.poll_backoff, 200, 10000, 2.0, 0.2);
+	tp_backoff_init(&w.describe_backoff, 200, 10000, 2.0, 0.2);
+	w.poll_retry_ev = evtimer_new(w.base, on_poll_retry, &w);
+	w.describe_ev = evtimer_new(w.base, on_describe_timer, &w);
+	setup_signals(&w);
+	w.tc = tp_temporal_new(w.base, w.cfg, w.identity, err, sizeof(err));
+	if (w.tc == NULL) {
+		tp_log_error("cannot set up the Temporal client: %s", err);
+		worker_free(&w);
+		return 1;
+	}
+	tp_log_info("connecting to %s (namespace %s)%s", w.cfg->address, w.cfg->namespace_,
+	    w.cfg->tls ? " over TLS" : "");
+	describe(&w);
+	event_base_dispatch(w.base);
+	tp_log_info("exiting");
+	worker_free(&w);
+	return w.exit_status;
+}
