@@ -3,6 +3,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/prctl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/random.h>
@@ -99,4 +102,42 @@ tp_parse_long(const char *s, long min, long max, long *out)
 		return -1;
 	*out = v;
 	return 0;
+}
+
+static char  *title_start;
+static size_t title_len;
+
+void
+tp_proctitle_init(int argc, char **argv)
+{
+	char *end;
+
+	if (argc < 1 || argv[0] == NULL)
+		return;
+	/* Only the contiguous argv strings are reused; the environment is left alone. */
+	end = argv[0] + strlen(argv[0]);
+	for (int i = 1; i < argc && argv[i] == end + 1; i++)
+		end = argv[i] + strlen(argv[i]);
+	title_start = argv[0];
+	title_len = (size_t)(end - argv[0]);
+}
+
+void
+tp_proctitle_set(const char *fmt, ...)
+{
+	char buf[256];
+	va_list ap;
+	size_t n;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	prctl(PR_SET_NAME, buf, 0, 0, 0);
+	if (title_start == NULL)
+		return;
+	n = strlen(buf);
+	if (n > title_len)
+		n = title_len;
+	memset(title_start, '\0', title_len + 1);
+	memcpy(title_start, buf, n);
 }

@@ -22,4 +22,10 @@ double tp_random_unit(void);
 /* Parse a whole decimal string into a long within [min, max]. Returns 0 or -1 (nothing set). */
 int tp_parse_long(const char *s, long min, long max, long *out);
 
+
+
+/* Process titles (ps, top): keep argv's memory at start, then overwrite it with a title. */
+void tp_proctitle_init(int argc, char **argv);
+void tp_proctitle_set(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 #endif

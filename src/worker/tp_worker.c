@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "activity/tp_activity.h"
+#include "channel/tp_channel.h"
 #include "core/tp_config.h"
 #include "core/tp_log.h"
 #include "core/tp_mem.h"
@@ -60,6 +61,7 @@ struct task {
 	struct tp_temporal_call *report_call;
 	int                      stderr_lines;
 	int64_t                  started_ms;
+	int                      outcome;       /* Tprefork__Channel__V1__TaskDone__Outcome */
 };
 
 struct worker {
@@ -89,6 +91,8 @@ struct worker {
 	struct event            *sigs[6];
 	int                      nsigs;
 	int                      drain_signals;  /* drain requests seen */
+	struct tp_channel       *ch;             /* to the master; NULL standalone */
+	struct event            *stats_ev;
 	int                      exit_status;
 	unsigned long            completed, failed, cancelled;
 };
@@ -163,6 +167,15 @@ task_finish(struct task *t)
 {
 	struct worker *w = t->w;
 
+	if (w->ch) {
+		Tprefork__Channel__V1__TaskDone d = TPREFORK__CHANNEL__V1__TASK_DONE__INIT;
+		tp_envelope m = TPREFORK__CHANNEL__V1__ENVELOPE__INIT;
+		d.task_token = t->resp->task_token;
+		d.outcome = t->outcome;
+		m.msg_case = TPREFORK__CHANNEL__V1__ENVELOPE__MSG_TASK_DONE;
+		m.task_done = &d;
+		tp_channel_send(w->ch, &m);
+	}
 	task_free(t);
 	maybe_poll(w);
 	check_drained(w);
@@ -178,6 +191,9 @@ on_report_done(void *arg, const struct tp_temporal_status *st, ProtobufCMessage 
 	t->report_call = NULL;
 	if (resp)
 		protobuf_c_message_free_unpacked(resp, NULL);
+	if (st->code != TP_GRPC_OK)
+		t->outcome = st->code == TP_GRPC_NOT_FOUND ? TPREFORK__CHANNEL__V1__TASK_DONE__OUTCOME__NOT_REPORTED
+		                                          : TPREFORK__CHANNEL__V1__TASK_DONE__OUTCOME__UNDELIVERED;
 	if (st->code == TP_GRPC_NOT_FOUND)
 		tp_log_info("%s: the server no longer knows this task (timed out, or completed "
 		    "elsewhere); result dropped", t->label);
@@ -196,6 +212,7 @@ report_failure(struct task *t, const char *type, const char *message, bool non_r
 	tp_payloads *hb = t->hb_latest ? tp_pb_payloads_from_json(t->hb_latest) : NULL;
 
 	w->failed++;
+	t->outcome = TPREFORK__CHANNEL__V1__TASK_DONE__OUTCOME__FAILED;
 	tp_log_debug("%s: failed: %s: %s%s", t->label, type, message,
 	    non_retryable ? " (non-retryable)" : "");
 	t->report_call = tp_temporal_fail(w->tc, &t->resp->task_token, f, hb, on_report_done, t);
@@ -228,6 +245,7 @@ report_completed(struct task *t, const char *result, size_t len)
 		}
 	}
 	w->completed++;
+	t->outcome = TPREFORK__CHANNEL__V1__TASK_DONE__OUTCOME__COMPLETED;
 	tp_log_debug("%s: completed", t->label);
 	t->report_call = tp_temporal_complete(w->tc, &t->resp->task_token, ps, on_report_done, t);
 	tp_pb_payloads_free(ps);
@@ -239,6 +257,7 @@ report_canceled(struct task *t)
 	struct worker *w = t->w;
 
 	w->cancelled++;
+	t->outcome = TPREFORK__CHANNEL__V1__TASK_DONE__OUTCOME__CANCELED;
 	tp_log_info("%s: cancelled as the server requested", t->label);
 	t->report_call = tp_temporal_canceled(w->tc, &t->resp->task_token, NULL, on_report_done, t);
 }
@@ -257,6 +276,7 @@ on_activity_done(void *arg, const struct tp_activity_outcome *o)
 		/* As the SDKs do: the server has timed it out or forgotten it; nothing to report. */
 		tp_log_info("%s: stopped (%s); not reported", t->label,
 		    t->timed_out ? "local deadline passed" : "task no longer known to the server");
+		t->outcome = TPREFORK__CHANNEL__V1__TASK_DONE__OUTCOME__NOT_REPORTED;
 		task_finish(t);
 	} else if (o->kind == TP_OUTCOME_COMPLETED) {
 		report_completed(t, o->result, o->result_len);
@@ -461,6 +481,28 @@ task_run(struct task *t)
 }
 
 static void
+send_task_started(const struct task *t)
+{
+	Tprefork__Channel__V1__TaskStarted s = TPREFORK__CHANNEL__V1__TASK_STARTED__INIT;
+	tp_envelope m = TPREFORK__CHANNEL__V1__ENVELOPE__INIT;
+	struct tp_activity_info info;
+
+	fill_info(t, &info);
+	s.task_token = t->resp->task_token;
+	s.activity_type = (char *)info.type;
+	s.activity_id = (char *)info.activity_id;
+	s.workflow_id = (char *)info.workflow_id;
+	s.run_id = (char *)info.run_id;
+	s.attempt = info.attempt;
+	s.started_ms = tp_now_real_ms();
+	s.deadline_ms = info.deadline_ms;
+	s.pgid = t->run ? tp_activity_pid(t->run) : 0;
+	m.msg_case = TPREFORK__CHANNEL__V1__ENVELOPE__MSG_TASK_STARTED;
+	m.task_started = &s;
+	tp_channel_send(t->w->ch, &m);
+}
+
+static void
 task_start(struct worker *w, poll_resp *resp)
 {
 	struct task *t = tp_xcalloc(1, sizeof(*t));
@@ -482,6 +524,8 @@ task_start(struct worker *w, poll_resp *resp)
 	w->tasks_held++;
 	tp_log_debug("%s: started", t->label);
 	task_run(t);
+	if (w->ch)
+		send_task_started(t);
 }
 
 /* ---- polling -------------------------------------------------------------------------------- */
@@ -580,6 +624,16 @@ become_ready(struct worker *w)
 	tp_log_info("ready: namespace=%s task_queue=%s pollers=%d slots=%d "
 	    "poll_complete_on_shutdown=%s identity=%s", w->cfg->namespace_, w->cfg->task_queue,
 	    w->cfg->pollers, w->cfg->max_concurrent, w->poll_complete_cap ? "yes" : "no", w->identity);
+	if (w->ch) {
+		Tprefork__Channel__V1__Ready r = TPREFORK__CHANNEL__V1__READY__INIT;
+		tp_envelope m = TPREFORK__CHANNEL__V1__ENVELOPE__INIT;
+		r.identity = w->identity;
+		r.worker_instance_key = w->key;
+		r.poll_complete_on_shutdown = w->poll_complete_cap;
+		m.msg_case = TPREFORK__CHANNEL__V1__ENVELOPE__MSG_READY;
+		m.ready = &r;
+		tp_channel_send(w->ch, &m);
+	}
 	maybe_poll(w);
 }
 
@@ -736,7 +790,61 @@ on_quit_signal(evutil_socket_t sig, short what, void *arg)
 	cancel_all(w);
 }
 
+/* ---- the master ----------------------------------------------------------------------------- */
+
+static void
+send_stats(struct worker *w)
+{
+	Tprefork__Channel__V1__Stats s = TPREFORK__CHANNEL__V1__STATS__INIT;
+	tp_envelope m = TPREFORK__CHANNEL__V1__ENVELOPE__INIT;
+
+	s.polls_open = w->polls_open;
+	s.tasks = w->tasks_held;
+	s.completed = w->completed;
+	s.failed = w->failed;
+	s.cancelled = w->cancelled;
+	s.draining = w->draining;
+	m.msg_case = TPREFORK__CHANNEL__V1__ENVELOPE__MSG_STATS;
+	m.stats = &s;
+	tp_channel_send(w->ch, &m);
+}
+
+/* Liveness: the master replaces a child whose loop stays silent for child_timeout. */
+static void
+on_stats_timer(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+	int64_t every = w->cfg->child_timeout_ms / 4;
+
+	send_stats(w);
+	timer_in(w->stats_ev, every < 1000 ? 1000 : every);
+}
+
+static void
+on_channel_msg(void *arg, const tp_envelope *m)
+{
+	/* The master sends nothing after the configuration; anything else is ignored. */
+}
+
+static void
+on_channel_error(void *arg, const char *why)
+{
+	struct worker *w = arg;
+
+	tp_log_warnx("lost the master (%s); draining", why);
+	tp_channel_free(w->ch);
+	w->ch = NULL;
+	begin_drain(w);
+}
+
 /* ---- set-up --------------------------------------------------------------------------------- */
+
+static void
+on_reopen_signal(evutil_socket_t sig, short what, void *arg)
+{
+	if (tp_log_reopen() != 0)
+		tp_log_warn("cannot reopen the log file");
+}
 
 static void
 add_signal(struct worker *w, int sig, event_callback_fn fn)
@@ -770,6 +878,7 @@ setup_signals(struct worker *w)
 		ignore_signal(SIGINT);
 		ignore_signal(SIGHUP);
 		add_signal(w, SIGUSR1, on_drain_signal);
+		add_signal(w, SIGUSR2, on_reopen_signal);
 	}
 }
 
@@ -808,6 +917,9 @@ worker_free(struct worker *w)
 		event_free(w->poll_retry_ev);
 	if (w->describe_ev)
 		event_free(w->describe_ev);
+	if (w->stats_ev)
+		event_free(w->stats_ev);
+	tp_channel_free(w->ch);
 	event_base_free(w->base);
 }
 
@@ -832,6 +944,14 @@ tp_worker_run(const struct tp_worker_opts *o)
 	w.poll_retry_ev = evtimer_new(w.base, on_poll_retry, &w);
 	w.describe_ev = evtimer_new(w.base, on_describe_timer, &w);
 	setup_signals(&w);
+	if (o->channel_fd >= 0) {
+		struct tp_channel_callbacks ccb = { on_channel_msg, on_channel_error, &w };
+		w.ch = tp_channel_new(w.base, o->channel_fd, &ccb);
+		if (w.ch == NULL)
+			tp_fatalx("cannot set up the channel to the master");
+		w.stats_ev = evtimer_new(w.base, on_stats_timer, &w);
+		timer_in(w.stats_ev, 1000);
+	}
 	w.tc = tp_temporal_new(w.base, w.cfg, w.identity, err, sizeof(err));
 	if (w.tc == NULL) {
 		tp_log_error("cannot set up the Temporal client: %s", err);

@@ -1,0 +1,257 @@
+#include "channel/tp_channel.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <poll.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/tp_util.h"
+
+struct tp_channel {
+	struct bufferevent          *bev;
+	struct tp_channel_callbacks  cb;
+	bool                         failed;
+};
+
+uint8_t *
+tp_channel_encode(const tp_envelope *m, size_t *len)
+{
+	size_t n = tprefork__channel__v1__envelope__get_packed_size(m);
+	uint8_t *buf;
+
+	if (n > TP_CHANNEL_MAX)
+		return NULL;
+	buf = malloc(n + 4);
+	if (buf == NULL)
+		return NULL;
+	buf[0] = (uint8_t)(n >> 24);
+	buf[1] = (uint8_t)(n >> 16);
+	buf[2] = (uint8_t)(n >> 8);
+	buf[3] = (uint8_t)n;
+	tprefork__channel__v1__envelope__pack(m, buf + 4);
+	*len = n + 4;
+	return buf;
+}
+
+static uint32_t
+get_len(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static void
+fail(struct tp_channel *ch, const char *why)
+{
+	if (ch->failed)
+		return;
+	ch->failed = true;
+	bufferevent_disable(ch->bev, EV_READ);
+	ch->cb.error(ch->cb.arg, why);
+}
+
+/* Deliver every complete frame in the input buffer. */
+static void
+on_read(struct bufferevent *bev, void *arg)
+{
+	struct tp_channel *ch = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	uint8_t hdr[4];
+
+	while (!ch->failed && evbuffer_get_length(in) >= 4) {
+		uint32_t n;
+		uint8_t *body;
+		tp_envelope *m;
+
+		evbuffer_copyout(in, hdr, 4);
+		n = get_len(hdr);
+		if (n > TP_CHANNEL_MAX) {
+			fail(ch, "oversized frame");
+			return;
+		}
+		if (evbuffer_get_length(in) < (size_t)n + 4)
+			return;
+		evbuffer_drain(in, 4);
+		body = evbuffer_pullup(in, n);
+		m = tprefork__channel__v1__envelope__unpack(NULL, n, body);
+		evbuffer_drain(in, n);
+		if (m == NULL || m->msg_case == TPREFORK__CHANNEL__V1__ENVELOPE__MSG__NOT_SET) {
+			if (m)
+				tprefork__channel__v1__envelope__free_unpacked(m, NULL);
+			fail(ch, "malformed message");
+			return;
+		}
+		ch->cb.msg(ch->cb.arg, m);
+		tprefork__channel__v1__envelope__free_unpacked(m, NULL);
+	}
+}
+
+static void
+on_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct tp_channel *ch = arg;
+
+	if (what & BEV_EVENT_EOF)
+		fail(ch, "closed");
+	else if (what & BEV_EVENT_ERROR)
+		fail(ch, strerror(EVUTIL_SOCKET_ERROR()));
+}
+
+struct tp_channel *
+tp_channel_new(struct event_base *base, int fd, const struct tp_channel_callbacks *cb)
+{
+	struct tp_channel *ch = calloc(1, sizeof(*ch));
+
+	if (ch == NULL)
+		return NULL;
+	tp_fd_set_nonblock(fd);
+	tp_fd_set_cloexec(fd);
+	ch->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (ch->bev == NULL) {
+		free(ch);
+		return NULL;
+	}
+	ch->cb = *cb;
+	bufferevent_setcb(ch->bev, on_read, NULL, on_event, ch);
+	bufferevent_enable(ch->bev, EV_READ | EV_WRITE);
+	return ch;
+}
+
+int
+tp_channel_send(struct tp_channel *ch, const tp_envelope *m)
+{
+	size_t len;
+	uint8_t *buf;
+	int rc;
+
+	if (ch == NULL || ch->failed)
+		return -1;
+	buf = tp_channel_encode(m, &len);
+	if (buf == NULL)
+		return -1;
+	rc = bufferevent_write(ch->bev, buf, len);
+	free(buf);
+	return rc == 0 ? 0 : -1;
+}
+
+size_t
+tp_channel_pending(const struct tp_channel *ch)
+{
+	return evbuffer_get_length(bufferevent_get_output(ch->bev));
+}
+
+void
+tp_channel_free(struct tp_channel *ch)
+{
+	struct evbuffer *out;
+	int fd;
+
+	if (ch == NULL)
+		return;
+	/* Best effort: push what is queued (the socket is non-blocking; a full peer loses it). */
+	out = bufferevent_get_output(ch->bev);
+	fd = bufferevent_getfd(ch->bev);
+	while (evbuffer_get_length(out) > 0 && evbuffer_write(out, fd) > 0)
+		;
+	bufferevent_free(ch->bev);
+	free(ch);
+}
+
+static int
+write_all(int fd, const uint8_t *p, size_t n)
+{
+	while (n > 0) {
+		ssize_t w = write(fd, p, n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0 && errno == EAGAIN) {
+			struct pollfd pfd = { fd, POLLOUT, 0 };
+			poll(&pfd, 1, 1000);
+			continue;
+		}
+		if (w <= 0)
+			return -1;
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+int
+tp_channel_write_sync(int fd, const tp_envelope *m)
+{
+	size_t len;
+	uint8_t *buf = tp_channel_encode(m, &len);
+	int rc;
+
+	if (buf == NULL)
+		return -1;
+	rc = write_all(fd, buf, len);
+	free(buf);
+	return rc;
+}
+
+static int
+read_exact(int fd, uint8_t *p, size_t n, int64_t deadline, char *why, size_t whylen)
+{
+	while (n > 0) {
+		int64_t left = deadline - tp_now_mono_ms();
+		struct pollfd pfd = { fd, POLLIN, 0 };
+		ssize_t r;
+
+		if (left <= 0) {
+			snprintf(why, whylen, "timed out");
+			return -1;
+		}
+		if (poll(&pfd, 1, (int)left) < 0 && errno != EINTR) {
+			snprintf(why, whylen, "poll: %s", strerror(errno));
+			return -1;
+		}
+		r = read(fd, p, n);
+		if (r < 0 && (errno == EINTR || errno == EAGAIN))
+			continue;
+		if (r <= 0) {
+			snprintf(why, whylen, "%s", r == 0 ? "closed" : strerror(errno));
+			return -1;
+		}
+		p += r;
+		n -= (size_t)r;
+	}
+	return 0;
+}
+
+tp_envelope *
+tp_channel_read_sync(int fd, int timeout_ms, char *why, size_t whylen)
+{
+	int64_t deadline = tp_now_mono_ms() + timeout_ms;
+	uint8_t hdr[4], *body;
+	uint32_t n;
+	tp_envelope *m;
+
+	if (read_exact(fd, hdr, 4, deadline, why, whylen) != 0)
+		return NULL;
+	n = get_len(hdr);
+	if (n > TP_CHANNEL_MAX) {
+		snprintf(why, whylen, "oversized frame (%u bytes)", n);
+		return NULL;
+	}
+	body = malloc(n ? n : 1);
+	if (body == NULL) {
+		snprintf(why, whylen, "out of memory");
+		return NULL;
+	}
+	if (read_exact(fd, body, n, deadline, why, whylen) != 0) {
+		free(body);
+		return NULL;
+	}
+	m = tprefork__channel__v1__envelope__unpack(NULL, n, body);
+	free(body);
+	if (m == NULL)
+		snprintf(why, whylen, "malformed message");
+	return m;
+}
