@@ -9,6 +9,10 @@
  *
  * Lower layer: never logs, never exits. Every call's callback runs exactly once, from the event loop
  * (never from inside tp_grpc_call_start), unless the call is cancelled first.
+ *
+ * Inside a call's callback (or the close callback) the owner may start calls, cancel other calls,
+ * close or even free the channel. A call object is freed right after its callback returns (or by
+ * tp_grpc_call_cancel): it must not be used after that. The process must ignore SIGPIPE.
  */
 #ifndef TP_GRPC_H
 #define TP_GRPC_H
@@ -86,7 +90,9 @@ void tp_grpc_call_cancel(struct tp_grpc_call *call);
 size_t tp_grpc_channel_pending(const struct tp_grpc_channel *ch);
 
 /* Graceful close: no new calls are accepted (they complete UNAVAILABLE); once the pending calls
- * have completed, a GOAWAY is sent and the connection closed, then done(arg) runs. */
+ * have completed, a GOAWAY is sent and the connection closed, then done(arg) runs (from the event
+ * loop, never from inside this function; done may be NULL). The channel itself stays allocated
+ * until tp_grpc_channel_free(), which done may call. A second close is ignored. */
 void tp_grpc_channel_close(struct tp_grpc_channel *ch, void (*done)(void *arg), void *arg);
 
 /* Free at once: pending calls are dropped without callbacks. NULL is accepted. */
@@ -113,6 +119,7 @@ struct tp_grpc_deframer {
 	size_t   msg_have;
 	size_t   max;         /* cap on one message */
 	int      nmsgs;       /* complete messages seen */
+	int      err;         /* sticky error code returned by every later feed, 0 if none */
 };
 void tp_grpc_deframer_init(struct tp_grpc_deframer *d, size_t max);
 /* Returns 0, or a gRPC code on error: RESOURCE_EXHAUSTED (over max), INTERNAL (compressed flag set
@@ -124,6 +131,11 @@ void tp_grpc_deframer_free(struct tp_grpc_deframer *d);
 
 /* Map an HTTP status without grpc-status to a gRPC code (gRPC's http-grpc-status-mapping.md). */
 int tp_grpc_code_from_http(int http_status);
+/* Map the error code of an RST_STREAM that ended a stream without a gRPC status (grpc-go's
+ * table): REFUSED_STREAM -> UNAVAILABLE, CANCEL -> CANCELLED, ENHANCE_YOUR_CALM and
+ * FLOW_CONTROL_ERROR -> RESOURCE_EXHAUSTED, INADEQUATE_SECURITY -> PERMISSION_DENIED,
+ * anything else -> INTERNAL. */
+int tp_grpc_code_from_h2_error(uint32_t h2_error);
 /* "OK", "CANCELLED", ... ("UNKNOWN_CODE" out of range). */
 const char *tp_grpc_code_name(int code);
 /* Parse a decimal grpc-status value; out-of-range or malformed -> UNKNOWN. */
