@@ -1,5 +1,6 @@
 /* tprefork: options, configuration check, signalling a running master, and hand-off to the master
  * or (after the master's re-exec) to a child's worker loop. */
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <grp.h>
@@ -14,6 +15,7 @@
 #include "channel/tp_channel.h"
 #include "core/tp_config.h"
 #include "core/tp_log.h"
+#include "core/tp_mem.h"
 #include "core/tp_util.h"
 #include "master/tp_master.h"
 #include "master/tp_pidfile.h"
@@ -51,6 +53,16 @@ struct options {
 	const char *pidfile;
 	long        child_fd;  /* -X: a child re-executed by the master */
 };
+
+static char *
+absolute_copy(const char *path)
+{
+	char cwd[4096];
+
+	if (path[0] == '/' || getcwd(cwd, sizeof(cwd)) == NULL)
+		return tp_xstrdup(path);
+	return tp_xasprintf("%s/%s", cwd, path);
+}
 
 static void
 parse_options(int argc, char **argv, struct options *o)
@@ -95,6 +107,13 @@ parse_options(int argc, char **argv, struct options *o)
 		usage(stderr);
 		exit(1);
 	}
+	/* argv's memory becomes the process title; and a reload (or -d, which changes to /) must
+	 * find the same files: keep absolute copies. */
+	o->config = absolute_copy(o->config);
+	if (o->pidfile)
+		o->pidfile = absolute_copy(o->pidfile);
+	if (o->signal)
+		o->signal = tp_xstrdup(o->signal);
 }
 
 static void
@@ -195,6 +214,31 @@ drop_privileges(const char *user, const char *group)
 	return 0;
 }
 
+/* The open fds of this process, e.g. "0 1 2 3" (what a child inherited across the exec). */
+static void
+list_fds(char *out, size_t len)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	size_t n = 0;
+	int self;
+
+	out[0] = '\0';
+	if (d == NULL)
+		return;
+	self = dirfd(d);
+	while ((e = readdir(d)) != NULL && n < len) {
+		long v;
+		if (tp_parse_long(e->d_name, 0, 1 << 30, &v) != 0 || v == self)
+			continue;
+		int w = snprintf(out + n, len - n, "%s%ld", n ? " " : "", v);
+		if (w < 0)
+			break;
+		n += (size_t)w;
+	}
+	closedir(d);
+}
+
 /* A child re-executed by the master: read the validated configuration, then run the worker. */
 static int
 child_main(int fd, bool verbose)
@@ -203,9 +247,10 @@ child_main(int fd, bool verbose)
 	struct tp_worker_opts wo;
 	struct tp_config *cfg;
 	tp_envelope *m;
-	char why[256], role[64];
+	char why[256], role[64], fds[256];
 	int status;
 
+	list_fds(fds, sizeof(fds));
 	m = tp_channel_read_sync(fd, CHILD_CONFIG_TIMEOUT_MS, why, sizeof(why));
 	if (m == NULL || m->msg_case != TPREFORK__CHANNEL__V1__ENVELOPE__MSG_CONFIG) {
 		fprintf(stderr, "tprefork worker: no configuration from the master: %s\n",
@@ -225,6 +270,7 @@ child_main(int fd, bool verbose)
 	        : (enum tp_log_level)cfg->log_level) != 0)
 		fprintf(stderr, "tprefork %s: cannot open log file %s: %s\n", role, cfg->log_file,
 		    strerror(errno));
+	tp_log_debug("inherited fds: %s", fds);
 	if (drop_privileges(m->config->user, m->config->group) != 0) {
 		tprefork__channel__v1__envelope__free_unpacked(m, NULL);
 		tp_config_free(cfg);

@@ -9,6 +9,13 @@
  *   ExecSpawnFailed  the command could not be started (retryable: the operator may fix it)
  *   OutputTooLarge   stdout exceeded stdout_cap (non-retryable: the result cannot be delivered)
  *   <type>           from the command's {"error": {...}} record on fd 3
+ * and for plugins (tp_plugin):
+ *   <type>           from tp_activity_set_failure (default PluginFailed)
+ *   Cancelled        the function returned without an outcome after a cancellation
+ *
+ * stderr lines of a command and log lines of a plugin go to the log callback rate-limited: a burst of
+ * TP_ACTIVITY_LOG_BURST lines, then TP_ACTIVITY_LOG_RATE lines per second; the lines left out are
+ * counted and reported in one line when the activity ends.
  * Lower layer: never logs; stderr lines are handed to a callback. */
 #ifndef TP_ACTIVITY_H
 #define TP_ACTIVITY_H
@@ -19,8 +26,13 @@
 
 #include <jansson.h>
 
+#include "tprefork/activity.h"
+
 struct event_base;
 struct tp_activity_conf;
+
+#define TP_ACTIVITY_LOG_BURST 20
+#define TP_ACTIVITY_LOG_RATE  5
 
 /* What a handler knows of the task it runs. Strings are borrowed for the call to start only. */
 struct tp_activity_info {
@@ -35,8 +47,11 @@ struct tp_activity_info {
 	int64_t     deadline_ms;        /* wall clock (Unix ms) the activity must finish by; 0: none */
 	int64_t     heartbeat_timeout_ms;
 	const char *heartbeat_details;  /* JSON of the last recorded details, or NULL */
-	const char *input;              /* the arguments as one JSON array */
+	const char *input;              /* the arguments as one JSON array; NULL: an argument has no
+	                                 * JSON form (plugins then read the payloads) */
 	size_t      input_len;
+	const struct tp_activity_payload *payloads; /* the raw arguments (plugin handlers); may be NULL */
+	size_t      npayloads;
 };
 
 enum tp_outcome_kind { TP_OUTCOME_COMPLETED = 1, TP_OUTCOME_FAILED = 2 };
@@ -69,7 +84,8 @@ struct tp_activity_run *tp_activity_start(struct event_base *base,
     const struct tp_activity_callbacks *cb, char *err, size_t errlen);
 /* Ask the handler to stop (SIGTERM then SIGKILL after kill_grace; plugins: the cancel flag). */
 void tp_activity_cancel(struct tp_activity_run *r);
-/* Stop now (SIGKILL). */
+/* Stop now (SIGKILL; plugins: the cancel flag, as a thread cannot be stopped: done runs when the
+ * function returns). */
 void tp_activity_kill(struct tp_activity_run *r);
 /* Pid of the command (0 for plugins). */
 int  tp_activity_pid(const struct tp_activity_run *r);

@@ -443,7 +443,14 @@ parse_activity(struct ctx *c, const config_setting_t *a, struct tp_activity_conf
 		parse_exec(c, a, ac);
 		parse_exec_options(c, a, ac);
 	} else {
+		static const char *const exec_only[] = { "env", "cwd", "kill_grace",
+			"non_retryable_exit_codes", "stdout_cap", "rlimit_cpu", "rlimit_as",
+			"rlimit_nofile", NULL };
 		ac->kind = TP_HANDLER_PLUGIN;
+		for (const char *const *k = exec_only; *k; k++)
+			if (member(a, *k))
+				errf(c, line_of(member(a, *k)), "activity '%s': '%s' applies to exec "
+				    "activities only", ac->type, *k);
 		get_str(c, a, "plugin", &ac->plugin);
 		get_str(c, a, "function", &ac->function);
 		if (ac->function == NULL)
@@ -473,6 +480,73 @@ parse_activities(struct ctx *c, const config_setting_t *l)
 				errf(c, ac->line, "activity type '%s' defined twice (first at line %d)",
 				    ac->type, cfg->activities[j].line);
 	}
+}
+
+/* The file name of a plugin path without a trailing ".so". */
+static size_t
+plugin_stem(const char *path, const char **stem)
+{
+	const char *base = strrchr(path, '/');
+	size_t n;
+
+	base = base ? base + 1 : path;
+	n = strlen(base);
+	if (n > 3 && strcmp(base + n - 3, ".so") == 0)
+		n -= 3;
+	*stem = base;
+	return n;
+}
+
+/* plugins = ( "PATH", ... ): each resolved to an absolute path of an existing regular file; no two
+ * with the same name (an activity's `plugin` names one by its file name). Whether a file is a valid
+ * plugin is checked later, by loading it in a throwaway process (tp_plugin). */
+static void
+parse_plugins(struct ctx *c, const config_setting_t *s)
+{
+	struct tp_config *cfg = c->cfg;
+	struct stat st;
+
+	cfg->plugins_line = line_of(s);
+	cfg->plugins = get_strv(c, s, "plugins", &cfg->nplugins);
+	for (size_t i = 0; cfg->plugins && i < cfg->nplugins; i++) {
+		char *abs = realpath(cfg->plugins[i], NULL);
+		const char *a, *b;
+		size_t na;
+
+		if (abs == NULL || stat(abs, &st) != 0 || !S_ISREG(st.st_mode)) {
+			errf(c, line_of(s), "plugin '%s': %s", cfg->plugins[i],
+			    abs ? "not a regular file" : strerror(errno));
+			free(abs);
+			continue;
+		}
+		free(cfg->plugins[i]);
+		cfg->plugins[i] = abs;
+		na = plugin_stem(abs, &a);
+		for (size_t j = 0; j < i; j++)
+			if (plugin_stem(cfg->plugins[j], &b) == na && strncmp(a, b, na) == 0)
+				errf(c, line_of(s), "plugins '%s' and '%s' have the same name '%.*s'",
+				    cfg->plugins[j], abs, (int)na, a);
+	}
+}
+
+const char *
+tp_config_plugin_path(const struct tp_config *cfg, const char *name)
+{
+	char *abs = strchr(name, '/') ? realpath(name, NULL) : NULL;
+	const char *found = NULL;
+
+	for (size_t i = 0; found == NULL && i < cfg->nplugins; i++) {
+		const char *stem, *base;
+		size_t n = plugin_stem(cfg->plugins[i], &stem);
+
+		base = strrchr(cfg->plugins[i], '/');
+		base = base ? base + 1 : cfg->plugins[i];
+		if (strcmp(name, cfg->plugins[i]) == 0 || (abs && strcmp(abs, cfg->plugins[i]) == 0) ||
+		    strcmp(name, base) == 0 || (strlen(name) == n && strncmp(name, stem, n) == 0))
+			found = cfg->plugins[i];
+	}
+	free(abs);
+	return found;
 }
 
 static void
@@ -512,7 +586,7 @@ parse_root(struct ctx *c, const config_setting_t *root)
 	get_str(c, root, "group", &cfg->group);
 	s = member(root, "plugins");
 	if (s)
-		cfg->plugins = get_strv(c, s, "plugins", &cfg->nplugins);
+		parse_plugins(c, s);
 	parse_activities(c, member(root, "activities"));
 }
 
@@ -611,6 +685,19 @@ validate(struct ctx *c)
 		    cfg->cancel_grace_ms / 1000, cfg->shutdown_timeout_ms / 1000);
 	if (cfg->nactivities == 0)
 		errf(c, 1, "no 'activities' configured: nothing to run");
+	for (size_t i = 0; i < cfg->nactivities; i++) {
+		struct tp_activity_conf *ac = &cfg->activities[i];
+		const char *path;
+
+		if (ac->kind != TP_HANDLER_PLUGIN || ac->plugin == NULL)
+			continue;
+		path = tp_config_plugin_path(cfg, ac->plugin);
+		if (path == NULL)
+			errf(c, ac->line, "activity '%s': plugin '%s' is not one of 'plugins'", ac->type,
+			    ac->plugin);
+		else
+			ac->plugin_path = tp_xstrdup(path);
+	}
 	read_api_key(c);
 }
 
@@ -701,6 +788,7 @@ activity_free(struct tp_activity_conf *ac)
 	free(ac->nonretry_codes);
 	free(ac->plugin);
 	free(ac->function);
+	free(ac->plugin_path);
 }
 
 void

@@ -32,8 +32,9 @@ struct tp_activity_conf {
 	long   rlimit_as;            /* bytes, -1: unset */
 	long   rlimit_nofile;        /* -1: unset */
 	/* plugin */
-	char  *plugin;               /* plugin name (file name without .so, or path) */
-	char  *function;             /* exported function name */
+	char  *plugin;               /* plugin name (file name without .so, or a path of `plugins`) */
+	char  *function;             /* the name in the plugin's table of functions */
+	char  *plugin_path;          /* the entry of tp_config.plugins that `plugin` names */
 };
 
 struct tp_config {
@@ -76,8 +77,9 @@ struct tp_config {
 	char  *group;
 	char  *status_listen;        /* "127.0.0.1:9233" or NULL */
 
-	char **plugins;              /* NULL-terminated paths */
+	char **plugins;              /* NULL-terminated absolute paths (resolved at load) */
 	size_t nplugins;
+	int    plugins_line;         /* where 'plugins' was defined (0: absent) */
 
 	struct tp_activity_conf *activities;
 	size_t nactivities;
@@ -101,6 +103,10 @@ struct tp_config *tp_config_load_string(const char *text, const char *name, bool
 
 void tp_config_free(struct tp_config *cfg);
 void tp_config_errors_free(struct tp_config_errors *errs);
+
+/* The path in cfg->plugins that a plugin activity's `plugin` names, or NULL: name is either an entry
+ * of `plugins` as resolved, or the file name of one without its ".so" suffix (or with it). */
+const char *tp_config_plugin_path(const struct tp_config *cfg, const char *name);
 
 /* The activity configured for type, or NULL. */
 const struct tp_activity_conf *tp_config_find_activity(const struct tp_config *cfg,

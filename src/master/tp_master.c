@@ -707,8 +707,10 @@ setup_signals(struct master *m)
 	add_signal(m, SIGCHLD, on_sigchld);
 }
 
+/* Detach from the terminal and the caller. stdout goes to /dev/null; stderr too when the log
+ * goes to a file (otherwise it stays the log's destination). */
 static int
-daemonize(void)
+daemonize(bool log_to_file)
 {
 	pid_t pid = fork();
 	int fd;
@@ -730,9 +732,8 @@ daemonize(void)
 	if (fd < 0)
 		return -1;
 	dup2(fd, STDIN_FILENO);
-	if (isatty(STDOUT_FILENO))
-		dup2(fd, STDOUT_FILENO);
-	if (isatty(STDERR_FILENO))
+	dup2(fd, STDOUT_FILENO);
+	if (log_to_file || isatty(STDERR_FILENO))
 		dup2(fd, STDERR_FILENO);
 	if (fd > STDERR_FILENO)
 		close(fd);
@@ -766,7 +767,7 @@ master_init(struct master *m, const struct tp_master_opts *o)
 	m->count_override = o->count_override;
 	m->state = M_RUNNING;
 	m->generation = 1;
-	if (o->daemonize && daemonize() != 0) {
+	if (o->daemonize && daemonize(m->cfg->log_file != NULL) != 0) {
 		tp_log_warn("cannot daemonize");
 		return -1;
 	}

@@ -581,6 +581,8 @@ on_poll_done(void *arg, const struct tp_temporal_status *st, ProtobufCMessage *r
 	}
 	if (r)
 		protobuf_c_message_free_unpacked(&r->base, NULL);
+	if (w->draining && w->polls_open == 0)
+		tp_log_info("polls closed: %d task(s) still in flight", w->tasks_held);
 	maybe_poll(w);
 	check_drained(w);
 }
@@ -748,8 +750,13 @@ begin_drain(struct worker *w)
 	if (w->ready)
 		w->shutdown_call = tp_temporal_shutdown_worker(w->tc, w->cfg->task_queue, w->key,
 		    "graceful shutdown", on_shutdown_worker_done, w);
-	if (!w->poll_complete_cap)
+	if (!w->poll_complete_cap && w->polls_open > 0) {
 		cancel_open_polls(w);
+		tp_log_info("polls closed (cancelled: the server lacks worker_poll_complete_on_shutdown):"
+		    " %d task(s) still in flight", w->tasks_held);
+	} else if (w->polls_open == 0) {
+		tp_log_info("polls closed: %d task(s) still in flight", w->tasks_held);
+	}
 	check_drained(w);
 }
 

@@ -1,0 +1,105 @@
+/* tp_plugin: the plugin handler. C functions from shared objects (<tprefork/activity.h>), each
+ * activity on a thread of its own, reporting back to the event loop that started it.
+ *
+ * Loading. tp_plugin_open dlopens a file with RTLD_NOW | RTLD_LOCAL, finds the descriptor symbol
+ * TP_PLUGIN_SYMBOL and checks, before anything of the plugin is called: the ABI version, the
+ * descriptor's size, the build signature (byte for byte), and a well-formed table (names set and
+ * unique, functions set). A worker child keeps one registry of open plugins (tp_plugin_load_config
+ * fills it after the child starts; tp_plugin_start opens a plugin it does not hold yet).
+ *
+ * Checking. tp_plugin_check_config does the same for every plugin of a configuration, and checks that
+ * each plugin activity's function is in its plugin's table, in a throwaway child process: a plugin
+ * whose constructor crashes or hangs cannot take the caller (the master, at start and at reload; or
+ * `tprefork -t`) down with it.
+ *
+ * Running. tp_plugin_start copies the task's information and payloads, creates an eventfd and a
+ * thread (all signals blocked in it) that calls the function with a handle. Whatever crosses from the
+ * thread to the loop goes through one mutex-protected record per run: the newest heartbeat details
+ * (older ones are replaced, so a plugin may heartbeat in a tight loop), queued log lines, and the
+ * outcome; the thread writes the eventfd only when the loop has not been woken already. The loop
+ * reads the eventfd, takes what is there under the mutex and calls the callbacks. The cancel flag
+ * goes the other way (an atomic flag plus a condition variable for tp_activity_sleep). When the
+ * function has returned, the loop joins the thread, calls done, and frees the run.
+ *
+ * A thread cannot be stopped: tp_plugin_cancel only sets the flag, and done runs when the function
+ * returns, however late. At shutdown the worker process is killed with the thread in it.
+ *
+ * Lower layer: never logs; log lines and problems are handed back.
+ */
+#ifndef TP_PLUGIN_H
+#define TP_PLUGIN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "activity/tp_activity.h"
+#include "tprefork/activity.h"
+
+struct event_base;
+struct tp_config;
+struct tp_config_errors;
+struct tp_plugin_lib;
+struct tp_plugin_run;
+
+/* How long a throwaway check process may take before it is killed (the plugin counts as hanging). */
+#define TP_PLUGIN_CHECK_TIMEOUT_MS 10000
+/* Log lines a plugin may queue before the loop takes them; more are counted and dropped. */
+#define TP_PLUGIN_LOG_QUEUE 64
+
+/* ---- libraries ------------------------------------------------------------------------------------ */
+
+/* Open and check the plugin at path. Returns it, or NULL with err filled (one line, without the path):
+ * "cannot load: <dlerror>", "no symbol 'tprefork_plugin' (not a tprefork plugin)", "built for ABI
+ * version N; this tprefork supports 1", "build signature ... differs from ...", "descriptor ...". */
+struct tp_plugin_lib *tp_plugin_open(const char *path, char *err, size_t errlen);
+
+/* The function called name in lib's table, or NULL. */
+tp_activity_fn *tp_plugin_find(const struct tp_plugin_lib *lib, const char *name);
+
+/* The names of lib's table as "a, b, c" into buf (cut to fit). */
+void tp_plugin_names(const struct tp_plugin_lib *lib, char *buf, size_t len);
+
+const struct tp_plugin *tp_plugin_descriptor(const struct tp_plugin_lib *lib);
+
+/* dlclose and free (NULL: nothing). No activity of lib may be running. */
+void tp_plugin_close(struct tp_plugin_lib *lib);
+
+/* ---- configuration ----------------------------------------------------------------------------------- */
+
+/* In a throwaway child process: open every plugin of cfg and check that every plugin activity's
+ * function exists. One "FILE:LINE: message" line per problem is appended to errs (a plugin that
+ * crashes or hangs the check is one problem). Returns the number of problems (0: valid), or -1 when
+ * the check process could not be run (a line says why). Blocks up to timeout_ms (0: the default). */
+int tp_plugin_check_config(const struct tp_config *cfg, int timeout_ms, struct tp_config_errors *errs);
+
+/* In this process (a worker child): open every plugin of cfg into the registry and check the
+ * functions, as tp_plugin_check_config does. Returns the number of problems (lines in errs); the
+ * plugins that loaded stay usable. */
+int tp_plugin_load_config(const struct tp_config *cfg, struct tp_config_errors *errs);
+
+/* Close every plugin of the registry. Returns 0, or -1 (nothing closed) while a run is active. */
+int tp_plugin_unload_all(void);
+
+/* ---- runs -------------------------------------------------------------------------------------------- */
+
+/* Start the function of ac (a plugin activity) for the task on a new thread. info is copied. The
+ * callbacks run on base's loop: heartbeat with the newest details, log with each line the plugin
+ * logged, done exactly once after the function returned (the run is freed after done returns).
+ * Returns NULL with err filled when the plugin cannot be opened, has no such function, or the
+ * thread cannot be started. */
+struct tp_plugin_run *tp_plugin_start(struct event_base *base, const struct tp_activity_conf *ac,
+    const struct tp_activity_info *info, const struct tp_activity_callbacks *cb,
+    char *err, size_t errlen);
+
+/* The same with the function given (tests). */
+struct tp_plugin_run *tp_plugin_start_fn(struct event_base *base, tp_activity_fn *fn,
+    const struct tp_activity_info *info, const struct tp_activity_callbacks *cb,
+    char *err, size_t errlen);
+
+/* Set the cancel flag (idempotent; no-op once done ran). */
+void tp_plugin_cancel(struct tp_plugin_run *r);
+
+/* Runs started and not yet done in this process. */
+int tp_plugin_active(void);
+
+#endif
