@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The test command of tprefork: set-up, build, unit tests (Check), then the integration tests (pytest)
+# against a real Temporal dev server with the real Python SDK as the client.
+#
+#   scripts/test.sh                  everything
+#   scripts/test.sh -k echo          arguments go to pytest
+#   TPREFORK_SANITIZE=1 scripts/test.sh
+#                                    the same suites against an ASan+UBSan build in build-asan/
+#
+# Exits non-zero if any step or any test failed.
+set -uo pipefail
+
+root=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
+cd "$root"
+
+step() { printf 'test: %s\n' "$*"; }
+
+scripts/setup.sh || exit 1
+
+builddir=build
+if [ "${TPREFORK_SANITIZE:-0}" = 1 ]; then
+	builddir=build-asan
+	export TPREFORK_CONFIGURE_FLAGS="${TPREFORK_CONFIGURE_FLAGS:-} --enable-sanitizers"
+	# Reports go to stderr, which the harness keeps in each tprefork's log and checks.
+	export ASAN_OPTIONS="${ASAN_OPTIONS:-abort_on_error=0:detect_leaks=1:print_summary=1}"
+	export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
+	step "sanitizer build in $builddir/"
+fi
+export TPREFORK_BUILD_DIR=$builddir
+
+TPREFORK_SKIP_SETUP=1 scripts/build.sh || { step "FAILED: build"; exit 1; }
+
+failed=()
+
+step "unit tests: make -C $builddir check"
+if ! make -C "$builddir" -j"$(nproc)" check; then
+	failed+=("unit tests")
+	# Show the log of each failing suite (a .trs says :test-result: FAIL or ERROR).
+	shown=0
+	for trs in "$builddir"/tests/unit/*.trs; do
+		[ -f "$trs" ] || continue
+		if grep -qE '^:test-result: (FAIL|ERROR|XPASS)' "$trs"; then
+			log=${trs%.trs}.log
+			printf '\n===== %s =====\n' "$log"
+			cat "$log" 2>/dev/null
+			shown=1
+		fi
+	done
+	if [ "$shown" -eq 0 ]; then
+		for log in "$builddir"/tests/unit/*.log; do
+			[ -f "$log" ] || continue
+			printf '\n===== %s =====\n' "$log"
+			cat "$log"
+		done
+	fi
+fi
+
+export TPREFORK_BIN=$root/$builddir/src/tprefork
+step "integration tests: pytest tests/integration (TPREFORK_BIN=$TPREFORK_BIN)"
+if ! "$root/.venv/bin/python" -m pytest tests/integration -v "$@" </dev/null; then
+	failed+=("integration tests")
+fi
+
+if [ "${#failed[@]}" -gt 0 ]; then
+	step "FAILED: ${failed[*]}"
+	exit 1
+fi
+step "all passed"
