@@ -263,10 +263,8 @@ static void
 parse_workers(struct ctx *c, const config_setting_t *w)
 {
 	static const char *const keys[] = { "count", "max_concurrent_activities", "pollers",
-		"shutdown_timeout", "cancel_grace", "poll_timeout", "child_timeout",
-		"max_activities_per_child", NULL };
+		"shutdown_timeout", "cancel_grace", "poll_timeout", "child_timeout", NULL };
 	struct tp_config *cfg = c->cfg;
-	long v;
 
 	if (w == NULL)
 		return;
@@ -283,9 +281,6 @@ parse_workers(struct ctx *c, const config_setting_t *w)
 	/* The server rejects poll deadlines under 2 s and warns under 10 s. */
 	get_int_field(c, w, "poll_timeout", 2, 600, &cfg->poll_timeout_ms, 1000);
 	get_int_field(c, w, "child_timeout", 1, 3600, &cfg->child_timeout_ms, 1000);
-	v = cfg->max_activities_per_child;
-	get_int(c, w, "max_activities_per_child", 0, 1000000000, &v);
-	cfg->max_activities_per_child = (int)v;
 }
 
 static void
@@ -553,7 +548,7 @@ static void
 parse_root(struct ctx *c, const config_setting_t *root)
 {
 	static const char *const keys[] = { "temporal", "workers", "log", "journal", "pidfile",
-		"user", "group", "plugins", "activities", "status", NULL };
+		"user", "group", "plugins", "activities", NULL };
 	struct tp_config *cfg = c->cfg;
 	const config_setting_t *s;
 
@@ -569,16 +564,6 @@ parse_root(struct ctx *c, const config_setting_t *root)
 			get_str(c, s, "path", &cfg->journal_path);
 		} else {
 			errf(c, line_of(s), "'journal' must be a group { path = ...; }");
-		}
-	}
-	s = member(root, "status");
-	if (s) {
-		static const char *const skeys[] = { "listen", NULL };
-		if (config_setting_is_group(s)) {
-			check_keys(c, s, "status", skeys);
-			get_str(c, s, "listen", &cfg->status_listen);
-		} else {
-			errf(c, line_of(s), "'status' must be a group { listen = ...; }");
 		}
 	}
 	get_str(c, root, "pidfile", &cfg->pidfile);
@@ -821,7 +806,6 @@ tp_config_free(struct tp_config *cfg)
 	free(cfg->pidfile);
 	free(cfg->user);
 	free(cfg->group);
-	free(cfg->status_listen);
 	free(cfg);
 }
 

@@ -65,7 +65,6 @@ struct tp_config {
 	int    cancel_grace_ms;
 	int    poll_timeout_ms;      /* grpc-timeout of a poll */
 	int    child_timeout_ms;     /* a child silent for longer is replaced */
-	int    max_activities_per_child; /* 0: never recycle */
 
 	/* log */
 	char  *log_file;             /* NULL: stderr */
@@ -75,7 +74,6 @@ struct tp_config {
 	char  *pidfile;
 	char  *user;
 	char  *group;
-	char  *status_listen;        /* "127.0.0.1:9233" or NULL */
 
 	char **plugins;              /* NULL-terminated absolute paths (resolved at load) */
 	size_t nplugins;
