@@ -6,6 +6,8 @@
 #   scripts/test.sh -k echo          arguments go to pytest
 #   TPREFORK_SANITIZE=1 scripts/test.sh
 #                                    the same suites against an ASan+UBSan build in build-asan/
+#   TPREFORK_VALGRIND=1 scripts/test.sh
+#                                    unit tests and a subset of the integration tests under valgrind
 #
 # Exits non-zero if any step or any test failed.
 set -uo pipefail
@@ -56,6 +58,24 @@ if ! make -C "$builddir" -j"$(nproc)" check; then
 fi
 
 export TPREFORK_BIN=$root/$builddir/src/tprefork
+if [ "${TPREFORK_VALGRIND:-0}" = 1 ]; then
+	# Master, children and their re-executions under memcheck; its reports go to stderr, i.e. into
+	# each tprefork's log, where the harness looks for them.
+	step "unit tests under valgrind"
+	for t in "$builddir"/tests/unit/check_*; do
+		case $t in *.o|*.log|*.trs) continue ;; esac
+		[ -x "$t" ] || continue
+		CK_FORK=no valgrind -q --leak-check=full --errors-for-leak-kinds=definite \
+			--error-exitcode=9 "$t" >/dev/null || failed+=("valgrind $(basename "$t")")
+	done
+	wrapper=$root/$builddir/tprefork-valgrind
+	printf '#!/bin/sh\nexec valgrind -q --trace-children=yes --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite %s "$@"\n' \
+		"$TPREFORK_BIN" >"$wrapper"
+	chmod +x "$wrapper"
+	export TPREFORK_BIN=$wrapper
+	# Everything runs several times slower: the default is the subset that exercises every path once.
+	[ $# -eq 0 ] && set -- -k "echo or environment or retry or error_record or unknown or graceful or inflight or stragglers or sigkill or broken_config"
+fi
 step "integration tests: pytest tests/integration (TPREFORK_BIN=$TPREFORK_BIN)"
 if ! "$root/.venv/bin/python" -m pytest tests/integration -v "$@" </dev/null; then
 	failed+=("integration tests")

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "activity/tp_plugin.h"
 #include "channel/tp_channel.h"
 #include "core/tp_config.h"
 #include "core/tp_log.h"
@@ -137,6 +138,18 @@ load_config(const struct options *o)
 	if (o->count > 0)
 		cfg->count = (int)o->count;
 	return cfg;
+}
+
+/* Plugins are loaded and checked in a throwaway process: a bad one cannot crash this one. */
+static int
+check_plugins(const struct tp_config *cfg)
+{
+	struct tp_config_errors errs = { NULL, 0 };
+
+	if (tp_plugin_check_config(cfg, 0, &errs) == 0)
+		return 0;
+	print_errors(&errs);
+	return -1;
 }
 
 /* -s: signal the master named by the pid file. */
@@ -282,37 +295,45 @@ child_main(int fd, bool verbose)
 	wo.generation = m->config->generation;
 	wo.channel_fd = fd;
 	tprefork__channel__v1__envelope__free_unpacked(m, NULL);
+	/* Loaded here, after the privileges are dropped; the master checked them already, so a
+	 * problem now means a file changed since: its activities fail (retryably) until it is fixed. */
+	tp_plugin_load_config(cfg, &errs);
+	for (size_t i = 0; i < errs.n; i++)
+		tp_log_error("%s", errs.lines[i]);
+	tp_config_errors_free(&errs);
 	status = tp_worker_run(&wo);
+	(void)tp_plugin_unload_all();  /* not while a plugin thread still runs */
 	tp_config_free(cfg);
 	return status;
 }
 
-int
-main(int argc, char **argv)
+/* Everything after option parsing; returns the exit status. */
+static int
+run(const struct options *o)
 {
-	struct options o;
 	struct tp_master_opts mo;
 	struct tp_config *cfg;
 
-	tp_proctitle_init(argc, argv);
-	memset(&o, 0, sizeof(o));
-	parse_options(argc, argv, &o);
-	if (o.child_fd >= 0)
-		return child_main((int)o.child_fd, o.verbose);
-	if (o.signal)
-		return send_signal(&o);
-	cfg = load_config(&o);
+	if (o->child_fd >= 0)
+		return child_main((int)o->child_fd, o->verbose);
+	if (o->signal)
+		return send_signal(o);
+	cfg = load_config(o);
 	if (cfg == NULL)
 		return 1;
-	if (o.test) {
-		printf("%s: configuration ok (%zu activit%s, %d worker%s)\n", o.config,
+	if (check_plugins(cfg) != 0) {
+		tp_config_free(cfg);
+		return 1;
+	}
+	if (o->test) {
+		printf("%s: configuration ok (%zu activit%s, %d worker%s)\n", o->config,
 		    cfg->nactivities, cfg->nactivities == 1 ? "y" : "ies", cfg->count,
 		    cfg->count == 1 ? "" : "s");
 		tp_config_free(cfg);
 		return 0;
 	}
 	if (tp_log_init("master", cfg->log_file,
-	        o.verbose ? TP_LOG_DEBUG : (enum tp_log_level)cfg->log_level) != 0) {
+	        o->verbose ? TP_LOG_DEBUG : (enum tp_log_level)cfg->log_level) != 0) {
 		fprintf(stderr, "tprefork: cannot open log file %s: %s\n", cfg->log_file,
 		    strerror(errno));
 		tp_config_free(cfg);
@@ -320,9 +341,25 @@ main(int argc, char **argv)
 	}
 	memset(&mo, 0, sizeof(mo));
 	mo.cfg = cfg;
-	mo.config_path = o.config;
-	mo.count_override = o.count;
-	mo.daemonize = o.daemonize;
-	mo.pidfile = o.pidfile;
+	mo.config_path = o->config;
+	mo.count_override = o->count;
+	mo.daemonize = o->daemonize;
+	mo.pidfile = o->pidfile;
 	return tp_master_run(&mo);
+}
+
+int
+main(int argc, char **argv)
+{
+	struct options o;
+	int status;
+
+	tp_proctitle_init(argc, argv);
+	memset(&o, 0, sizeof(o));
+	parse_options(argc, argv, &o);
+	status = run(&o);
+	free((char *)o.config);
+	free((char *)o.pidfile);
+	free((char *)o.signal);
+	return status;
 }

@@ -7,8 +7,10 @@
 #include <sys/resource.h>
 
 #include "activity/tp_exec.h"
+#include "activity/tp_plugin.h"
 #include "core/tp_config.h"
 #include "core/tp_mem.h"
+#include "core/tp_util.h"
 
 /* Variables of the worker's environment a command may see. Everything else is withheld (secrets
  * such as TEMPORAL_API_KEY live in the worker's environment). */
@@ -16,12 +18,63 @@ static const char *const env_allow[] = { "PATH", "HOME", "LANG", "LANGUAGE", "LC
 	"LC_NUMERIC", "LC_MESSAGES", "TZ", "TMPDIR", "USER", "LOGNAME", "SHELL", NULL };
 
 struct tp_activity_run {
-	struct tp_exec               *exec;
+	struct tp_exec               *exec;     /* one of exec and plugin */
+	struct tp_plugin_run         *plugin;
 	struct tp_activity_callbacks  cb;
 	const struct tp_activity_conf *ac;
 	char                          last_stderr[512];
 	bool                          cancelled;
+	/* log lines: a token bucket (TP_ACTIVITY_LOG_BURST, refilled at TP_ACTIVITY_LOG_RATE/s) */
+	double                        log_tokens;
+	int64_t                       log_last_ms;
+	unsigned long                 log_dropped;
 };
+
+/* ---- log lines, rate-limited ---------------------------------------------------------------- */
+
+static struct tp_activity_run *
+run_new(const struct tp_activity_conf *ac, const struct tp_activity_callbacks *cb)
+{
+	struct tp_activity_run *r = tp_xcalloc(1, sizeof(*r));
+
+	r->cb = *cb;
+	r->ac = ac;
+	r->log_tokens = TP_ACTIVITY_LOG_BURST;
+	r->log_last_ms = tp_now_mono_ms();
+	return r;
+}
+
+static void
+log_line(struct tp_activity_run *r, const char *line, size_t len)
+{
+	int64_t now = tp_now_mono_ms();
+
+	r->log_tokens += (double)(now - r->log_last_ms) * TP_ACTIVITY_LOG_RATE / 1000.0;
+	if (r->log_tokens > TP_ACTIVITY_LOG_BURST)
+		r->log_tokens = TP_ACTIVITY_LOG_BURST;
+	r->log_last_ms = now;
+	if (r->log_tokens < 1.0) {
+		r->log_dropped++;
+		return;
+	}
+	r->log_tokens -= 1.0;
+	if (r->cb.log)
+		r->cb.log(r->cb.arg, line, len);
+}
+
+/* Before done: say how many lines the rate limit left out. */
+static void
+log_summary(struct tp_activity_run *r)
+{
+	char buf[160];
+	int n;
+
+	if (r->log_dropped == 0 || r->cb.log == NULL)
+		return;
+	n = snprintf(buf, sizeof(buf), "%lu line(s) of output not logged (rate limit: %d lines, "
+	    "then %d per second)", r->log_dropped, TP_ACTIVITY_LOG_BURST, TP_ACTIVITY_LOG_RATE);
+	r->cb.log(r->cb.arg, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+}
 
 static void
 env_add(char ***env, size_t *n, char *kv)
@@ -116,7 +169,9 @@ on_exec_done(void *arg, const struct tp_exec_result *res)
 		o.non_retryable = true;
 	} else if (res->spawn_failed) {
 		o.type = "ExecSpawnFailed";
-		snprintf(msg, sizeof(msg), "cannot execute %s: %s", r->ac->argv[0],
+		snprintf(msg, sizeof(msg), "cannot execute %s: %s%s%s", r->ac->argv[0],
+		    res->spawn_step && strcmp(res->spawn_step, "execve") != 0 ? res->spawn_step : "",
+		    res->spawn_step && strcmp(res->spawn_step, "execve") != 0 ? ": " : "",
 		    strerror(res->spawn_errno));
 	} else if (res->exited && res->exit_code == 0) {
 		o.kind = TP_OUTCOME_COMPLETED;
@@ -134,6 +189,7 @@ on_exec_done(void *arg, const struct tp_exec_result *res)
 		snprintf(msg, sizeof(msg), "command killed by signal %d (%s)%s%s", res->signo,
 		    strsignal(res->signo), r->last_stderr[0] ? ": " : "", r->last_stderr);
 	}
+	log_summary(r);
 	r->cb.done(r->cb.arg, &o);
 	free(r);
 }
@@ -156,8 +212,7 @@ on_exec_stderr(void *arg, const char *line, size_t len)
 		memcpy(r->last_stderr, line, n);
 		r->last_stderr[n] = '\0';
 	}
-	if (r->cb.log)
-		r->cb.log(r->cb.arg, line, len);
+	log_line(r, line, len);
 }
 
 static void
@@ -167,8 +222,8 @@ on_exec_bad_record(void *arg, const char *line, size_t len)
 	char buf[600];
 	int n = snprintf(buf, sizeof(buf), "ignored a bad record on fd 3: %.*s",
 	    (int)(len > 400 ? 400 : len), line);
-	if (r->cb.log && n > 0)
-		r->cb.log(r->cb.arg, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+	if (n > 0)
+		log_line(r, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
 }
 
 static size_t
@@ -193,7 +248,7 @@ start_exec(struct event_base *base, const struct tp_activity_conf *ac,
     const struct tp_activity_info *info, const struct tp_activity_callbacks *cb,
     char *err, size_t errlen)
 {
-	struct tp_activity_run *r = tp_xcalloc(1, sizeof(*r));
+	struct tp_activity_run *r = run_new(ac, cb);
 	struct tp_exec_callbacks xcb = { on_exec_heartbeat, on_exec_stderr, on_exec_bad_record,
 		on_exec_done, r };
 	struct tp_exec_rlimit rl[3];
@@ -210,11 +265,60 @@ start_exec(struct event_base *base, const struct tp_activity_conf *ac,
 	spec.kill_grace_ms = ac->kill_grace_ms > 0 ? ac->kill_grace_ms : 1;
 	spec.rlimits = rl;
 	spec.nrlimits = exec_rlimits(ac, rl);
-	r->cb = *cb;
-	r->ac = ac;
+	if (info->input == NULL) {
+		snprintf(err, errlen, "an argument has no JSON form");
+		free(r);
+		tp_activity_env_free(env);
+		return NULL;
+	}
 	r->exec = tp_exec_start(base, &spec, &xcb, err, errlen);
 	tp_activity_env_free(env);
 	if (r->exec == NULL) {
+		free(r);
+		return NULL;
+	}
+	return r;
+}
+
+/* ---- plugins -------------------------------------------------------------------------------- */
+
+static void
+on_plugin_heartbeat(void *arg, json_t *details)
+{
+	struct tp_activity_run *r = arg;
+
+	if (r->cb.heartbeat)
+		r->cb.heartbeat(r->cb.arg, details);
+}
+
+static void
+on_plugin_log(void *arg, const char *line, size_t len)
+{
+	log_line(arg, line, len);
+}
+
+static void
+on_plugin_done(void *arg, const struct tp_activity_outcome *o)
+{
+	struct tp_activity_run *r = arg;
+	struct tp_activity_outcome out = *o;
+
+	out.cancelled = o->cancelled || r->cancelled;
+	log_summary(r);
+	r->cb.done(r->cb.arg, &out);
+	free(r);
+}
+
+static struct tp_activity_run *
+start_plugin(struct event_base *base, const struct tp_activity_conf *ac,
+    const struct tp_activity_info *info, const struct tp_activity_callbacks *cb,
+    char *err, size_t errlen)
+{
+	struct tp_activity_run *r = run_new(ac, cb);
+	struct tp_activity_callbacks pcb = { on_plugin_heartbeat, on_plugin_log, on_plugin_done, r };
+
+	r->plugin = tp_plugin_start(base, ac, info, &pcb, err, errlen);
+	if (r->plugin == NULL) {
 		free(r);
 		return NULL;
 	}
@@ -230,8 +334,9 @@ tp_activity_start(struct event_base *base, const struct tp_activity_conf *ac,
 	case TP_HANDLER_EXEC:
 		return start_exec(base, ac, info, cb, err, errlen);
 	case TP_HANDLER_PLUGIN:
+		return start_plugin(base, ac, info, cb, err, errlen);
 	default:
-		snprintf(err, errlen, "plugin handlers are not available in this build");
+		snprintf(err, errlen, "unknown handler kind %d", (int)ac->kind);
 		return NULL;
 	}
 }
@@ -242,6 +347,8 @@ tp_activity_cancel(struct tp_activity_run *r)
 	r->cancelled = true;
 	if (r->exec)
 		tp_exec_cancel(r->exec);
+	if (r->plugin)
+		tp_plugin_cancel(r->plugin);
 }
 
 void
@@ -250,6 +357,8 @@ tp_activity_kill(struct tp_activity_run *r)
 	r->cancelled = true;
 	if (r->exec)
 		tp_exec_kill(r->exec);
+	if (r->plugin)
+		tp_plugin_cancel(r->plugin);  /* a thread cannot be stopped: done comes when it returns */
 }
 
 int

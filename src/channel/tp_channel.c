@@ -139,6 +139,22 @@ tp_channel_send(struct tp_channel *ch, const tp_envelope *m)
 	return rc == 0 ? 0 : -1;
 }
 
+void
+tp_channel_read_now(struct tp_channel *ch)
+{
+	struct evbuffer *in;
+	int fd;
+
+	if (ch == NULL || ch->failed)
+		return;
+	in = bufferevent_get_input(ch->bev);
+	fd = bufferevent_getfd(ch->bev);
+	/* Bounded: a dead peer's bytes are all in the socket already. */
+	while (evbuffer_get_length(in) < TP_CHANNEL_MAX + 4 && evbuffer_read(in, fd, 65536) > 0)
+		;
+	on_read(ch->bev, ch);
+}
+
 size_t
 tp_channel_pending(const struct tp_channel *ch)
 {

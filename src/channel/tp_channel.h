@@ -34,6 +34,9 @@ struct tp_channel *tp_channel_new(struct event_base *base, int fd,
     const struct tp_channel_callbacks *cb);
 /* Queue a message. Returns 0, or -1 if it cannot be serialized or the channel has failed. */
 int  tp_channel_send(struct tp_channel *ch, const tp_envelope *m);
+/* Read what the peer has already written and deliver its complete messages now (before freeing
+ * the channel of a peer that has exited, so that its last messages are not lost). */
+void tp_channel_read_now(struct tp_channel *ch);
 /* Bytes queued but not yet written. */
 size_t tp_channel_pending(const struct tp_channel *ch);
 /* Close the fd and free; NULL is accepted. Queued output is flushed best-effort first. */

@@ -263,7 +263,7 @@ static void
 parse_workers(struct ctx *c, const config_setting_t *w)
 {
 	static const char *const keys[] = { "count", "max_concurrent_activities", "pollers",
-		"shutdown_timeout", "cancel_grace", "poll_timeout", "child_timeout", NULL };
+		"shutdown_timeout", "cancel_grace", "poll_timeout", "child_timeout", "report_retry", NULL };
 	struct tp_config *cfg = c->cfg;
 
 	if (w == NULL)
@@ -281,6 +281,7 @@ parse_workers(struct ctx *c, const config_setting_t *w)
 	/* The server rejects poll deadlines under 2 s and warns under 10 s. */
 	get_int_field(c, w, "poll_timeout", 2, 600, &cfg->poll_timeout_ms, 1000);
 	get_int_field(c, w, "child_timeout", 1, 3600, &cfg->child_timeout_ms, 1000);
+	get_int_field(c, w, "report_retry", 1, 86400, &cfg->report_retry_ms, 1000);
 }
 
 static void
@@ -310,6 +311,42 @@ parse_log(struct ctx *c, const config_setting_t *l)
 			c->cfg->log_level = i;
 		free(level);
 	}
+}
+
+static void
+parse_journal(struct ctx *c, const config_setting_t *j)
+{
+	static const char *const keys[] = { "path", "enabled", "synchronous", "memory_cap", NULL };
+	static const char *const syncs[] = { "off", "normal", "full", NULL };
+	struct tp_config *cfg = c->cfg;
+	char *sync = NULL;
+	long cap;
+
+	if (j == NULL)
+		return;
+	if (!config_setting_is_group(j)) {
+		errf(c, line_of(j), "'journal' must be a group { path = ...; }");
+		return;
+	}
+	check_keys(c, j, "journal", keys);
+	get_str(c, j, "path", &cfg->journal_path);
+	get_bool(c, j, "enabled", &cfg->journal_enabled);
+	get_str(c, j, "synchronous", &sync);
+	if (sync) {
+		int i;
+		for (i = 0; syncs[i] && strcmp(syncs[i], sync) != 0; i++)
+			;
+		if (syncs[i] == NULL)
+			errf(c, line_of(member(j, "synchronous")),
+			    "journal.synchronous must be one of full, normal, off (got \"%s\")", sync);
+		else
+			cfg->journal_sync = i;
+		free(sync);
+	}
+	/* In MiB. */
+	cap = cfg->journal_memory_cap / (1024 * 1024);
+	get_int(c, j, "memory_cap", 1, 1024 * 1024, &cap);
+	cfg->journal_memory_cap = cap * 1024 * 1024;
 }
 
 /* Resolve a command to an absolute, executable path (PATH search for a bare name). */
@@ -448,6 +485,7 @@ parse_activity(struct ctx *c, const config_setting_t *a, struct tp_activity_conf
 				    "activities only", ac->type, *k);
 		get_str(c, a, "plugin", &ac->plugin);
 		get_str(c, a, "function", &ac->function);
+		ac->function_line = member(a, "function") ? line_of(member(a, "function")) : ac->line;
 		if (ac->function == NULL)
 			ac->function = tp_xstrdup(ac->type);
 	}
@@ -556,16 +594,7 @@ parse_root(struct ctx *c, const config_setting_t *root)
 	parse_temporal(c, member(root, "temporal"));
 	parse_workers(c, member(root, "workers"));
 	parse_log(c, member(root, "log"));
-	s = member(root, "journal");
-	if (s) {
-		static const char *const jkeys[] = { "path", NULL };
-		if (config_setting_is_group(s)) {
-			check_keys(c, s, "journal", jkeys);
-			get_str(c, s, "path", &cfg->journal_path);
-		} else {
-			errf(c, line_of(s), "'journal' must be a group { path = ...; }");
-		}
-	}
+	parse_journal(c, member(root, "journal"));
 	get_str(c, root, "pidfile", &cfg->pidfile);
 	get_str(c, root, "user", &cfg->user);
 	get_str(c, root, "group", &cfg->group);
@@ -591,7 +620,11 @@ set_defaults(struct tp_config *cfg)
 	cfg->poll_timeout_ms = 70000;
 	cfg->child_timeout_ms = 60000;
 	cfg->log_level = TP_LOG_INFO;
+	cfg->report_retry_ms = 60000;
 	cfg->journal_path = tp_xstrdup(DEFAULT_STATE_DIR "/journal.db");
+	cfg->journal_enabled = true;
+	cfg->journal_sync = 2;
+	cfg->journal_memory_cap = 256L * 1024 * 1024;
 	cfg->pidfile = tp_xstrdup(TP_LOCALSTATEDIR "/run/tprefork.pid");
 }
 

@@ -35,6 +35,7 @@ struct tp_activity_conf {
 	char  *plugin;               /* plugin name (file name without .so, or a path of `plugins`) */
 	char  *function;             /* the name in the plugin's table of functions */
 	char  *plugin_path;          /* the entry of tp_config.plugins that `plugin` names */
+	int    function_line;        /* where `function` was defined (else the activity's line) */
 };
 
 struct tp_config {
@@ -65,12 +66,16 @@ struct tp_config {
 	int    cancel_grace_ms;
 	int    poll_timeout_ms;      /* grpc-timeout of a poll */
 	int    child_timeout_ms;     /* a child silent for longer is replaced */
+	int    report_retry_ms;      /* a child retries a report this long, then hands it to the master */
 
 	/* log */
 	char  *log_file;             /* NULL: stderr */
 	int    log_level;            /* enum tp_log_level */
 
 	char  *journal_path;
+	bool   journal_enabled;      /* false: no journal (nothing survives a crash; for measurements) */
+	int    journal_sync;         /* synchronous: 0 off, 1 normal, 2 full (tp_journal_sync) */
+	long   journal_memory_cap;   /* bytes of undelivered reports the master holds in memory */
 	char  *pidfile;
 	char  *user;
 	char  *group;

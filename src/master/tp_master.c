@@ -18,11 +18,14 @@
 #include <systemd/sd-daemon.h>
 #endif
 
+#include "activity/tp_plugin.h"
 #include "channel/tp_channel.h"
 #include "core/tp_config.h"
 #include "core/tp_log.h"
 #include "core/tp_mem.h"
 #include "core/tp_util.h"
+#include "journal/tp_journal.h"
+#include "master/tp_durable.h"
 #include "master/tp_pidfile.h"
 #include "master/tp_proc.h"
 #include "temporal/tp_pb.h"
@@ -62,7 +65,9 @@ struct master {
 	bool                announced_ready;
 	struct tp_pidfile  *pidfile;
 	struct tp_temporal *tc;                /* the master's own client, for failing tasks */
-	int                 reports_pending;
+	struct tp_journal  *jr;                /* NULL when journal.enabled is false */
+	struct tp_durable  *dur;               /* in-flight tasks and the outbox, mirrored in jr */
+	bool                outbox_retried;    /* the stop's last try of the outbox is under way */
 	int64_t             stop_started_ms;
 	int64_t             closing_since_ms;
 	struct event       *tick_ev;
@@ -100,44 +105,59 @@ notify(const char *state)
 
 /* ---- failing tasks through the master's own client ----------------------------------------- */
 
-static void
-on_master_report_done(void *arg, const struct tp_temporal_status *st, ProtobufCMessage *resp)
-{
-	struct master *m = arg;
-
-	if (resp)
-		protobuf_c_message_free_unpacked(resp, NULL);
-	m->reports_pending--;
-	if (st->code == TP_GRPC_NOT_FOUND)
-		tp_log_info("a failed task was already finished on the server (NOT_FOUND)");
-	else if (st->code != TP_GRPC_OK)
-		tp_log_error("cannot fail a task of a dead worker: %s: %s", tp_grpc_code_name(st->code),
-		    st->message);
-	maybe_finish_stop(m);
-}
-
 /* Fail every task the child still held, retryable, so Temporal retries them at once instead of
- * waiting for their start-to-close timeout. */
+ * waiting for their start-to-close timeout. The failures go through the outbox (journaled, retried
+ * until the server takes them); a task whose own report the child handed over keeps that report. */
 static void
 fail_child_tasks(struct master *m, struct tp_child *c, const char *type, const char *why)
 {
 	while (c->tasks) {
 		struct tp_task_rec *r = c->tasks;
-		tp_failure *f;
 		char msg[512];
 
 		snprintf(msg, sizeof(msg), "%s; activity %s (id %s, attempt %d) will be retried", why,
 		    r->activity_type, r->activity_id, r->attempt);
-		tp_log_warnx("failing task of worker %d (pid %ld): %s %s attempt %d: %s", c->index,
-		    (long)c->pid, r->activity_type, r->activity_id, r->attempt, type);
-		f = tp_pb_app_failure(type, msg, false, NULL);
-		if (tp_temporal_fail(m->tc, &r->token, f, NULL, on_master_report_done, m) != NULL)
-			m->reports_pending++;
-		tp_pb_failure_free(f);
+		if (tp_durable_fail_task(m->dur, &r->token, type, msg))
+			tp_log_warnx("failing task of worker %d (pid %ld): %s %s attempt %d: %s", c->index,
+			    (long)c->pid, r->activity_type, r->activity_id, r->attempt, type);
+		else
+			tp_log_info("task of worker %d (pid %ld): %s %s attempt %d: its report is in the "
+			    "outbox", c->index, (long)c->pid, r->activity_type, r->activity_id, r->attempt);
+		tp_durable_task_done(m->dur, &r->token);
 		c->tasks = r->next;
 		tp_task_rec_free(r);
 		c->ntasks--;
 	}
+}
+
+/* ---- backpressure --------------------------------------------------------------------------- */
+
+static void
+send_backpressure(struct tp_child *c, bool pause)
+{
+	Tprefork__Channel__V1__Backpressure b = TPREFORK__CHANNEL__V1__BACKPRESSURE__INIT;
+	tp_envelope env = TPREFORK__CHANNEL__V1__ENVELOPE__INIT;
+
+	b.pause = pause;
+	env.msg_case = TPREFORK__CHANNEL__V1__ENVELOPE__MSG_BACKPRESSURE;
+	env.backpressure = &b;
+	tp_channel_send(c->ch, &env);
+}
+
+/* The journal became unwritable (or writable again): children stop (resume) polling. */
+static void
+on_backpressure(void *arg, bool pause)
+{
+	struct master *m = arg;
+
+	for (struct tp_child *c = m->children; c; c = c->next)
+		send_backpressure(c, pause);
+}
+
+static void
+on_delivery_done(void *arg)
+{
+	maybe_finish_stop(arg);
 }
 
 /* ---- the process table ---------------------------------------------------------------------- */
@@ -256,10 +276,19 @@ on_child_msg(void *arg, const tp_envelope *msg)
 		r->next = c->tasks;
 		c->tasks = r;
 		c->ntasks++;
+		tp_durable_task_started(m->dur, msg->task_started, c->pid, c->generation);
 		break;
 	}
 	case TPREFORK__CHANNEL__V1__ENVELOPE__MSG_TASK_DONE:
 		tp_child_task_done(c, &msg->task_done->task_token);
+		tp_durable_task_done(m->dur, &msg->task_done->task_token);
+		break;
+	case TPREFORK__CHANNEL__V1__ENVELOPE__MSG_UNDELIVERED:
+		if (tp_durable_undelivered(m->dur, msg->undelivered) != 0) {
+			tp_log_error("worker %d (pid %ld): malformed Undelivered message; killing it",
+			    c->index, (long)c->pid);
+			kill_child(c);
+		}
 		break;
 	case TPREFORK__CHANNEL__V1__ENVELOPE__MSG_STATS:
 		c->stats.polls_open = msg->stats->polls_open;
@@ -346,6 +375,8 @@ spawn(struct master *m, int index)
 	if (c->ch == NULL || send_config(m, c) != 0) {
 		tp_log_error("cannot send the configuration to worker %d (pid %ld)", index, (long)pid);
 		kill_child(c);
+	} else if (tp_durable_paused(m->dur)) {
+		send_backpressure(c, true);
 	}
 	tp_log_info("spawned worker %d gen %d (pid %ld)", index, m->generation, (long)pid);
 }
@@ -414,6 +445,8 @@ child_exited(struct master *m, struct tp_child *c, int status)
 	bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
 
 	describe_status(status, how, sizeof(how));
+	/* Its last messages (a TaskDone, an undelivered report) may still be in the socket. */
+	tp_channel_read_now(c->ch);
 	if (clean && expected)
 		tp_log_info("worker %d gen %d (pid %ld) exited", c->index, c->generation, (long)c->pid);
 	else
@@ -463,9 +496,19 @@ maybe_finish_stop(struct master *m)
 {
 	if (m->state != M_STOPPING || m->nchildren > 0)
 		return;
-	if (m->reports_pending > 0 &&
+	if (!m->outbox_retried) {
+		/* Step 6: the outbox once more, within the deadline; what is left stays journaled. */
+		m->outbox_retried = true;
+		if (tp_durable_outbox_len(m->dur) > 0) {
+			tp_log_info("stop: trying the %zu undelivered report(s) once more",
+			    tp_durable_outbox_len(m->dur));
+			tp_durable_deliver_now(m->dur);
+		}
+	}
+	if (tp_durable_deliveries(m->dur) > 0 &&
 	    tp_now_mono_ms() - m->stop_started_ms < m->cfg->shutdown_timeout_ms + STOP_REPORT_WAIT_MS)
 		return;
+	tp_durable_flush(m->dur);
 	m->state = M_CLOSING;
 	m->closing_since_ms = tp_now_mono_ms();
 	tp_log_info("all workers stopped (peak %d children); closing the Temporal client",
@@ -564,6 +607,13 @@ keep_restart_settings(struct tp_config *old, struct tp_config *nw)
 			*fields_new[i] = *fields_old[i] ? tp_xstrdup(*fields_old[i]) : NULL;
 		}
 	}
+	if (old->journal_enabled != nw->journal_enabled || old->journal_sync != nw->journal_sync ||
+	    old->journal_memory_cap != nw->journal_memory_cap)
+		tp_log_warnx("reload: 'journal.enabled', 'journal.synchronous' and 'journal.memory_cap' "
+		    "change only with a restart; keeping them");
+	nw->journal_enabled = old->journal_enabled;
+	nw->journal_sync = old->journal_sync;
+	nw->journal_memory_cap = old->journal_memory_cap;
 }
 
 static void
@@ -588,6 +638,10 @@ on_reload_signal(evutil_socket_t sig, short what, void *arg)
 		return;
 	notify("RELOADING=1");
 	nw = tp_config_load_file(m->config_path, true, &errs);
+	if (nw != NULL && tp_plugin_check_config(nw, 0, &errs) != 0) {
+		tp_config_free(nw);  /* plugins are loaded in a throwaway child, never here */
+		nw = NULL;
+	}
 	if (nw == NULL) {
 		for (size_t i = 0; i < errs.n; i++)
 			tp_log_error("reload: %s", errs.lines[i]);
@@ -674,6 +728,8 @@ on_tick(evutil_socket_t fd, short what, void *arg)
 	}
 	if (m->state == M_CLOSING && now - m->closing_since_ms > STOP_REPORT_WAIT_MS)
 		event_base_loopbreak(m->base);
+	if (m->state != M_CLOSING)
+		tp_durable_tick(m->dur);
 	maybe_finish_stop(m);
 	reconcile(m);
 	timer_in(m->tick_ev, TICK_MS);
@@ -743,17 +799,68 @@ daemonize(bool log_to_file)
 static void
 master_free(struct master *m)
 {
+	int rc;
+
 	while (m->children)
 		child_unlink(m, m->children);
+	tp_durable_free(m->dur);
 	tp_temporal_free(m->tc);
+	/* Step 8: the journal last, checkpointed. */
+	rc = tp_journal_close(m->jr);
+	if (rc != TP_JOURNAL_OK)
+		tp_log_warnx("journal: final checkpoint failed: %s", tp_journal_strerror(rc));
 	for (int i = 0; i < m->nsigs; i++)
 		event_free(m->sigs[i]);
-	event_free(m->tick_ev);
-	event_free(m->cancel_ev);
-	event_free(m->kill_ev);
+	/* NULL when the start failed before they were made. */
+	if (m->tick_ev)
+		event_free(m->tick_ev);
+	if (m->cancel_ev)
+		event_free(m->cancel_ev);
+	if (m->kill_ev)
+		event_free(m->kill_ev);
 	event_base_free(m->base);
 	free(m->slots);
 	tp_config_free(m->cfg);
+}
+
+/* Open the journal (after the pid file: a second instance never touches it), check it, and
+ * recover what a previous run left. */
+static int
+open_journal(struct master *m)
+{
+	struct tp_journal_opts jo = { m->cfg->journal_path, (enum tp_journal_sync)m->cfg->journal_sync,
+		0 };
+	struct tp_durable_opts d = { m->base, m->tc, NULL, (size_t)m->cfg->journal_memory_cap,
+		{ on_backpressure, on_delivery_done, m } };
+	char err[512], check[256];
+	int64_t nin = 0, nout = 0;
+	int rc;
+
+	if (m->cfg->journal_enabled) {
+		rc = tp_journal_open(&jo, &m->jr, err, sizeof(err));
+		if (rc != TP_JOURNAL_OK) {
+			tp_log_error("cannot open the journal: %s", err);
+			return -1;
+		}
+		rc = tp_journal_integrity(m->jr, check, sizeof(check));
+		if (rc == TP_JOURNAL_OK)
+			rc = tp_journal_count(m->jr, &nin, &nout);
+		if (rc != TP_JOURNAL_OK || strcmp(check, "ok") != 0) {
+			tp_log_error("journal %s fails its integrity check: %s", m->cfg->journal_path,
+			    rc != TP_JOURNAL_OK ? tp_journal_errmsg(m->jr) : check);
+			return -1;
+		}
+		tp_log_info("journal %s: integrity ok; %lld task(s) in flight and %lld undelivered "
+		    "report(s) from a previous run", m->cfg->journal_path, (long long)nin,
+		    (long long)nout);
+	} else {
+		tp_log_warnx("journal disabled (journal.enabled = false): tasks in flight and "
+		    "undelivered reports do not survive a crash");
+	}
+	d.jr = m->jr;
+	m->dur = tp_durable_new(&d);
+	tp_durable_recover(m->dur);
+	return 0;
 }
 
 static int
@@ -780,6 +887,7 @@ master_init(struct master *m, const struct tp_master_opts *o)
 	/* Orphaned activity processes of a killed worker come to us, so their process groups stay
 	 * pinned until we have killed them. */
 	prctl(PR_SET_CHILD_SUBREAPER, 1);
+	tp_proc_init();
 	m->base = event_base_new();
 	if (m->base == NULL) {
 		tp_log_error("cannot create an event base");
@@ -794,6 +902,8 @@ master_init(struct master *m, const struct tp_master_opts *o)
 		tp_log_error("cannot set up the Temporal client: %s", err);
 		return -1;
 	}
+	if (open_journal(m) != 0)
+		return -1;
 	resize_slots(m, m->cfg->count);
 	m->tick_ev = evtimer_new(m->base, on_tick, m);
 	m->cancel_ev = evtimer_new(m->base, on_cancel_timer, m);

@@ -13,6 +13,16 @@
 
 #include "core/tp_mem.h"
 
+/* The binary the master runs, resolved once at start (see tp_proc_init). */
+static char exe_path[4096];
+
+void
+tp_proc_init(void)
+{
+	ssize_t n = readlink("/proc/self/exe", exe_path, sizeof(exe_path) - 1);
+	exe_path[n > 0 ? n : 0] = '\0';
+}
+
 /* In the forked child: only async-signal-safe calls until execv. */
 static void __attribute__((noreturn))
 child_exec(int fd, int index, int gen)
@@ -45,6 +55,8 @@ child_exec(int fd, int index, int gen)
 	argv[1] = "-X";
 	argv[2] = fdarg;
 	argv[3] = NULL;
+	if (exe_path[0])
+		execv(exe_path, argv);
 	execv("/proc/self/exe", argv);
 	_exit(127);
 }

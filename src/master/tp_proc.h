@@ -54,6 +54,11 @@ struct tp_child {
 	Tprefork__Channel__V1__Stats stats;  /* the last counters received */
 };
 
+/* Resolve the path of the running binary. Children execute that path (so a tool that wraps the
+ * process, such as valgrind, follows them), and /proc/self/exe when it is gone (a deleted or
+ * replaced file shows as "path (deleted)"). Call once at start. */
+void tp_proc_init(void);
+
 /* Fork and re-exec a child for slot index of generation gen. Returns the pid and the master's end
  * of the channel in *fd, or -1 with err filled. */
 pid_t tp_proc_spawn(int index, int gen, int *fd, char *err, size_t errlen);

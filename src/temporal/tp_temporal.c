@@ -26,6 +26,7 @@ struct tp_temporal {
 	char                   *auth;          /* "Bearer <key>" or NULL; never logged */
 	struct tp_grpc_header   ns_header[1];
 	struct tp_temporal_call *calls;        /* calls in flight or waiting to retry */
+	int64_t                 report_retry_ms; /* how long reports are retried */
 	void (*close_done)(void *);
 	void                   *close_arg;
 };
@@ -111,6 +112,7 @@ tp_temporal_new(struct event_base *base, const struct tp_config *cfg, const char
 	size_t n = 0;
 
 	t->base = base;
+	t->report_retry_ms = TP_TEMPORAL_REPORT_RETRY_MS;
 	t->identity = tp_xstrdup(identity);
 	t->namespace_ = tp_xstrdup(cfg->namespace_);
 	hdr[n++] = (struct tp_grpc_header){ "client-name", TP_TEMPORAL_CLIENT_NAME };
@@ -238,9 +240,16 @@ finish(struct tp_temporal_call *c, const struct tp_temporal_status *st, Protobuf
 {
 	tp_temporal_cb cb = c->cb;
 	void *arg = c->arg;
+	struct tp_temporal_status out = *st;
+	uint8_t *req = c->req;
 
+	/* The request goes with the outcome (a report that could not be delivered is handed on). */
+	out.request = req;
+	out.request_len = c->req_len;
+	c->req = NULL;
 	call_free(c);
-	cb(arg, st, resp);
+	cb(arg, &out, resp);
+	free(req);
 }
 
 static void
@@ -287,8 +296,9 @@ start_attempt(struct tp_temporal_call *c)
 	}
 }
 
-struct tp_temporal_call *
-tp_temporal_call(struct tp_temporal *t, const char *method, const ProtobufCMessage *req,
+/* Start a call whose serialized request (req_len bytes at req, malloc'd) it takes over. */
+static struct tp_temporal_call *
+call_start(struct tp_temporal *t, const char *method, uint8_t *req, size_t req_len,
     const ProtobufCMessageDescriptor *resp_desc, const struct tp_temporal_call_opts *opts,
     tp_temporal_cb cb, void *arg)
 {
@@ -296,9 +306,8 @@ tp_temporal_call(struct tp_temporal *t, const char *method, const ProtobufCMessa
 
 	c->t = t;
 	c->path = tp_xasprintf(SERVICE_PATH "%s", method);
-	c->req_len = protobuf_c_message_get_packed_size(req);
-	c->req = tp_xmalloc(c->req_len ? c->req_len : 1);
-	protobuf_c_message_pack(req, c->req);
+	c->req_len = req_len;
+	c->req = req;
 	c->resp_desc = resp_desc;
 	c->timeout_ms = opts && opts->timeout_ms > 0 ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
 	c->give_up_at = opts && opts->retry_for_ms > 0 ? tp_now_mono_ms() + opts->retry_for_ms : 0;
@@ -313,6 +322,39 @@ tp_temporal_call(struct tp_temporal *t, const char *method, const ProtobufCMessa
 	t->calls = c;
 	start_attempt(c);
 	return c;
+}
+
+static uint8_t *
+pack(const ProtobufCMessage *req, size_t *len)
+{
+	uint8_t *buf;
+
+	*len = protobuf_c_message_get_packed_size(req);
+	buf = tp_xmalloc(*len ? *len : 1);
+	protobuf_c_message_pack(req, buf);
+	return buf;
+}
+
+struct tp_temporal_call *
+tp_temporal_call(struct tp_temporal *t, const char *method, const ProtobufCMessage *req,
+    const ProtobufCMessageDescriptor *resp_desc, const struct tp_temporal_call_opts *opts,
+    tp_temporal_cb cb, void *arg)
+{
+	size_t len;
+	uint8_t *buf = pack(req, &len);
+
+	return call_start(t, method, buf, len, resp_desc, opts, cb, arg);
+}
+
+struct tp_temporal_call *
+tp_temporal_call_raw(struct tp_temporal *t, const char *method, const uint8_t *req, size_t len,
+    const ProtobufCMessageDescriptor *resp_desc, const struct tp_temporal_call_opts *opts,
+    tp_temporal_cb cb, void *arg)
+{
+	uint8_t *buf = tp_xmalloc(len ? len : 1);
+
+	memcpy(buf, req, len);
+	return call_start(t, method, buf, len, resp_desc, opts, cb, arg);
 }
 
 void
@@ -394,7 +436,7 @@ tp_temporal_complete(struct tp_temporal *t, const ProtobufCBinaryData *token,
 {
 	Temporal__Api__Workflowservice__V1__RespondActivityTaskCompletedRequest req =
 	    TEMPORAL__API__WORKFLOWSERVICE__V1__RESPOND_ACTIVITY_TASK_COMPLETED_REQUEST__INIT;
-	struct tp_temporal_call_opts o = { DEFAULT_TIMEOUT_MS, TP_TEMPORAL_REPORT_RETRY_MS };
+	struct tp_temporal_call_opts o = { DEFAULT_TIMEOUT_MS, t->report_retry_ms };
 
 	req.task_token = *token;
 	req.result = (Temporal__Api__Common__V1__Payloads *)result;
@@ -402,6 +444,46 @@ tp_temporal_complete(struct tp_temporal *t, const ProtobufCBinaryData *token,
 	req.namespace_ = t->namespace_;
 	return CALL(t, "RespondActivityTaskCompleted", req, respond_activity_task_completed_response,
 	    &o, cb, arg);
+}
+
+uint8_t *
+tp_temporal_pack_fail(struct tp_temporal *t, const ProtobufCBinaryData *token,
+    const Temporal__Api__Failure__V1__Failure *failure,
+    const Temporal__Api__Common__V1__Payloads *last_heartbeat_details, size_t *len)
+{
+	Temporal__Api__Workflowservice__V1__RespondActivityTaskFailedRequest req =
+	    TEMPORAL__API__WORKFLOWSERVICE__V1__RESPOND_ACTIVITY_TASK_FAILED_REQUEST__INIT;
+
+	req.task_token = *token;
+	req.failure = (Temporal__Api__Failure__V1__Failure *)failure;
+	req.last_heartbeat_details = (Temporal__Api__Common__V1__Payloads *)last_heartbeat_details;
+	req.identity = t->identity;
+	req.namespace_ = t->namespace_;
+	return pack(&req.base, len);
+}
+
+struct tp_temporal_call *
+tp_temporal_report_raw(struct tp_temporal *t, enum tp_temporal_report kind, const uint8_t *req,
+    size_t len, const struct tp_temporal_call_opts *opts, tp_temporal_cb cb, void *arg)
+{
+	switch (kind) {
+	case TP_REPORT_COMPLETED:
+		return tp_temporal_call_raw(t, "RespondActivityTaskCompleted", req, len,
+		    &RPC_NS(respond_activity_task_completed_response__descriptor), opts, cb, arg);
+	case TP_REPORT_FAILED:
+		return tp_temporal_call_raw(t, "RespondActivityTaskFailed", req, len,
+		    &RPC_NS(respond_activity_task_failed_response__descriptor), opts, cb, arg);
+	case TP_REPORT_CANCELED:
+		return tp_temporal_call_raw(t, "RespondActivityTaskCanceled", req, len,
+		    &RPC_NS(respond_activity_task_canceled_response__descriptor), opts, cb, arg);
+	}
+	return NULL;
+}
+
+void
+tp_temporal_set_report_retry(struct tp_temporal *t, int64_t ms)
+{
+	t->report_retry_ms = ms > 0 ? ms : 0;
 }
 
 struct tp_temporal_call *
@@ -412,7 +494,7 @@ tp_temporal_fail(struct tp_temporal *t, const ProtobufCBinaryData *token,
 {
 	Temporal__Api__Workflowservice__V1__RespondActivityTaskFailedRequest req =
 	    TEMPORAL__API__WORKFLOWSERVICE__V1__RESPOND_ACTIVITY_TASK_FAILED_REQUEST__INIT;
-	struct tp_temporal_call_opts o = { DEFAULT_TIMEOUT_MS, TP_TEMPORAL_REPORT_RETRY_MS };
+	struct tp_temporal_call_opts o = { DEFAULT_TIMEOUT_MS, t->report_retry_ms };
 
 	req.task_token = *token;
 	req.failure = (Temporal__Api__Failure__V1__Failure *)failure;
@@ -429,7 +511,7 @@ tp_temporal_canceled(struct tp_temporal *t, const ProtobufCBinaryData *token,
 {
 	Temporal__Api__Workflowservice__V1__RespondActivityTaskCanceledRequest req =
 	    TEMPORAL__API__WORKFLOWSERVICE__V1__RESPOND_ACTIVITY_TASK_CANCELED_REQUEST__INIT;
-	struct tp_temporal_call_opts o = { DEFAULT_TIMEOUT_MS, TP_TEMPORAL_REPORT_RETRY_MS };
+	struct tp_temporal_call_opts o = { DEFAULT_TIMEOUT_MS, t->report_retry_ms };
 
 	req.task_token = *token;
 	req.details = (Temporal__Api__Common__V1__Payloads *)details;

@@ -42,6 +42,10 @@ struct tp_temporal_status {
 	int  detail_cause;         /* ResourceExhaustedCause when detail is RESOURCE_EXHAUSTED */
 	int  attempts;             /* attempts made (1 without retries) */
 	char message[512];
+	/* The serialized request of the call (valid during the callback only): a report that could not
+	 * be delivered is handed on as it was sent. */
+	const uint8_t *request;
+	size_t         request_len;
 };
 
 /* Completion: on OK, resp is the unpacked response and the callee owns it (free it with
@@ -72,6 +76,10 @@ size_t tp_temporal_pending(const struct tp_temporal *t);
 struct tp_temporal_call *tp_temporal_call(struct tp_temporal *t, const char *method,
     const ProtobufCMessage *req, const ProtobufCMessageDescriptor *resp_desc,
     const struct tp_temporal_call_opts *opts, tp_temporal_cb cb, void *arg);
+/* The same with a request already serialized (copied). */
+struct tp_temporal_call *tp_temporal_call_raw(struct tp_temporal *t, const char *method,
+    const uint8_t *req, size_t len, const ProtobufCMessageDescriptor *resp_desc,
+    const struct tp_temporal_call_opts *opts, tp_temporal_cb cb, void *arg);
 /* Abandon a call (and its retries); its callback will not run. */
 void tp_temporal_call_cancel(struct tp_temporal_call *c);
 
@@ -99,6 +107,25 @@ struct tp_temporal_call *tp_temporal_fail(struct tp_temporal *t,
 struct tp_temporal_call *tp_temporal_canceled(struct tp_temporal *t,
     const ProtobufCBinaryData *token, const Temporal__Api__Common__V1__Payloads *details,
     tp_temporal_cb cb, void *arg);
+
+/* The three reports, for requests serialized earlier (an outbox). */
+enum tp_temporal_report {
+	TP_REPORT_COMPLETED = 1,   /* RespondActivityTaskCompleted */
+	TP_REPORT_FAILED = 2,      /* RespondActivityTaskFailed */
+	TP_REPORT_CANCELED = 3     /* RespondActivityTaskCanceled */
+};
+/* Send a serialized Respond*Request of kind (copied). NULL for an unknown kind. */
+struct tp_temporal_call *tp_temporal_report_raw(struct tp_temporal *t,
+    enum tp_temporal_report kind, const uint8_t *req, size_t len,
+    const struct tp_temporal_call_opts *opts, tp_temporal_cb cb, void *arg);
+/* The RespondActivityTaskFailedRequest tp_temporal_fail would send (malloc'd, *len bytes). */
+uint8_t *tp_temporal_pack_fail(struct tp_temporal *t, const ProtobufCBinaryData *token,
+    const Temporal__Api__Failure__V1__Failure *failure,
+    const Temporal__Api__Common__V1__Payloads *last_heartbeat_details, size_t *len);
+/* How long complete / fail / canceled retry transient errors (default
+ * TP_TEMPORAL_REPORT_RETRY_MS). */
+void tp_temporal_set_report_retry(struct tp_temporal *t, int64_t ms);
+
 /* ShutdownWorker for the ACTIVITY task queue type; sent once, not retried. */
 struct tp_temporal_call *tp_temporal_shutdown_worker(struct tp_temporal *t,
     const char *task_queue, const char *worker_instance_key, const char *reason,

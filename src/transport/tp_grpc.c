@@ -635,6 +635,11 @@ call_requeue(struct tp_grpc_call *call)
 	struct tp_grpc_call *q;
 
 	call->state = CALL_QUEUED;
+	q = TAILQ_LAST(&ch->queue, tp_grpc_call_list);
+	if (q == NULL || q->seq < call->seq) {    /* the usual case: a new call */
+		TAILQ_INSERT_TAIL(&ch->queue, call, link);
+		return;
+	}
 	TAILQ_FOREACH(q, &ch->queue, link) {
 		if (q->seq > call->seq) {
 			TAILQ_INSERT_BEFORE(q, call, link);
@@ -796,8 +801,8 @@ on_stream_close(void *arg, const struct tp_h2_close_info *ci)
 		call_completef(call, TP_GRPC_UNAVAILABLE, "request not processed by the server "
 		    "(refused %d times)", call->resubmits + 1);
 	} else {
-		call_completef(call, tp_grpc_code_from_h2_error(ci->error_code),
-		    "stream %s by the server: %s", ci->remote_reset ? "reset" : "closed",
+		call_completef(call, tp_grpc_code_from_h2_error(ci->error_code), "%s: %s",
+		    ci->remote_reset ? "stream reset by the server" : "stream failed",
 		    nghttp2_http2_strerror(ci->error_code));
 	}
 }

@@ -138,7 +138,7 @@ static void
 ssl_err(char *err, size_t errlen, const char *what, const char *file)
 {
 	char buf[200] = "unknown error";
-	unsigned long e = ERR_peek_last_error();
+	unsigned long e = ERR_peek_error();   /* the root cause comes first */
 
 	if (e != 0)
 		ERR_error_string_n(e, buf, sizeof(buf));
@@ -218,14 +218,13 @@ tp_h2_resolver_new(struct event_base *base)
 	if (r == NULL)
 		return NULL;
 	r->base = base;
-	r->dns = evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
-	    EVDNS_BASE_DISABLE_WHEN_INACTIVE);
-	if (r->dns == NULL) {
-		/* No usable resolv.conf: numeric addresses and /etc/hosts still work. */
-		r->dns = evdns_base_new(base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
-		if (r->dns != NULL)
-			evdns_base_load_hosts(r->dns, NULL);
-	}
+	/* Nameservers are added only after DISABLE_WHEN_INACTIVE is in force: otherwise libevent 2.1
+	 * keeps their sockets registered and the loop never runs out of events. A missing
+	 * resolv.conf still leaves /etc/hosts and numeric addresses working. */
+	r->dns = evdns_base_new(base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+	if (r->dns != NULL &&
+	    evdns_base_resolv_conf_parse(r->dns, DNS_OPTIONS_ALL, "/etc/resolv.conf") != 0)
+		evdns_base_load_hosts(r->dns, NULL);
 	if (r->dns == NULL) {
 		free(r);
 		return NULL;
@@ -270,6 +269,11 @@ resolver_unref_deferred(struct tp_h2_resolver *r)
 
 /* --- connection setup ------------------------------------------------------------------------ */
 
+static void on_timer(evutil_socket_t fd, short what, void *arg);
+static void on_ping(evutil_socket_t fd, short what, void *arg);
+static void on_ping_timeout(evutil_socket_t fd, short what, void *arg);
+static void on_work(evutil_socket_t fd, short what, void *arg);
+
 struct tp_h2_conn *
 tp_h2_conn_new(struct event_base *base, struct tp_h2_resolver *resolver,
     const struct tp_h2_conn_opts *o, tp_h2_notify_cb notify, void *arg)
@@ -284,10 +288,10 @@ tp_h2_conn_new(struct event_base *base, struct tp_h2_resolver *resolver,
 	c->host = strdup(o->host);
 	c->port = strdup(o->port);
 	c->server_name = strdup(o->server_name != NULL ? o->server_name : o->host);
-	c->timer_ev = evtimer_new(base, NULL, NULL);
-	c->ping_ev = event_new(base, -1, EV_PERSIST, NULL, NULL);
-	c->ping_to_ev = evtimer_new(base, NULL, NULL);
-	c->work_ev = event_new(base, -1, 0, NULL, NULL);
+	c->timer_ev = evtimer_new(base, on_timer, c);
+	c->ping_ev = event_new(base, -1, EV_PERSIST, on_ping, c);
+	c->ping_to_ev = evtimer_new(base, on_ping_timeout, c);
+	c->work_ev = event_new(base, -1, 0, on_work, c);
 	TAILQ_INIT(&c->streams);
 	if (c->host == NULL || c->port == NULL || c->server_name == NULL || c->timer_ev == NULL ||
 	    c->ping_ev == NULL || c->ping_to_ev == NULL || c->work_ev == NULL) {
@@ -300,17 +304,17 @@ tp_h2_conn_new(struct event_base *base, struct tp_h2_resolver *resolver,
 	c->keepalive_timeout_ms = o->keepalive_timeout_ms > 0 ? o->keepalive_timeout_ms : 15000;
 	c->window = o->window_size > 0 && o->window_size <= NGHTTP2_MAX_WINDOW_SIZE ?
 	    o->window_size : NGHTTP2_MAX_WINDOW_SIZE;
-	if (o->ssl_ctx != NULL && SSL_CTX_up_ref(o->ssl_ctx) == 1)
+	if (o->ssl_ctx != NULL) {
+		if (SSL_CTX_up_ref(o->ssl_ctx) != 1) {    /* never fall back to cleartext */
+			tp_h2_conn_free(c);
+			return NULL;
+		}
 		c->ssl_ctx = o->ssl_ctx;
+	}
 	resolver_ref(resolver);
 	c->resolver = resolver;
 	return c;
 }
-
-static void on_timer(evutil_socket_t fd, short what, void *arg);
-static void on_ping(evutil_socket_t fd, short what, void *arg);
-static void on_ping_timeout(evutil_socket_t fd, short what, void *arg);
-static void on_work(evutil_socket_t fd, short what, void *arg);
 
 static void
 on_lookup(int err, struct evutil_addrinfo *ai, void *arg)
@@ -381,10 +385,6 @@ tp_h2_conn_connect(struct tp_h2_conn *c)
 	if (c->started)
 		return;
 	c->started = true;
-	event_assign(c->timer_ev, c->base, -1, 0, on_timer, c);
-	event_assign(c->ping_ev, c->base, -1, EV_PERSIST, on_ping, c);
-	event_assign(c->ping_to_ev, c->base, -1, 0, on_ping_timeout, c);
-	event_assign(c->work_ev, c->base, -1, 0, on_work, c);
 	tv = ms_tv(c->connect_timeout_ms);
 	evtimer_add(c->timer_ev, &tv);
 	start_lookup(c);
@@ -767,20 +767,32 @@ on_connected(struct tp_h2_conn *c)
 	flush(c);
 }
 
+/* Drain the bufferevent's OpenSSL errors and return the most telling one. libevent queues the
+ * library's errors and then the bare SSL_get_error() value; prefer the first real one. */
+static unsigned long
+tls_error(struct bufferevent *bev)
+{
+	unsigned long e, best = 0;
+
+	while ((e = bufferevent_get_openssl_error(bev)) != 0)
+		if (best == 0 || (ERR_GET_LIB(best) == 0 && ERR_GET_LIB(e) != 0))
+			best = e;
+	return best;
+}
+
 /* Describe why a connection attempt failed (before the session existed). */
 static void
 attempt_error(struct tp_h2_conn *c, short what)
 {
 	int e = EVUTIL_SOCKET_ERROR();
-	unsigned long ossl = 0, x;
+	unsigned long ossl = 0;
 	long vr = X509_V_OK;
 	char buf[200];
 	SSL *ssl = c->ssl_ctx != NULL ? bufferevent_openssl_get_ssl(c->bev) : NULL;
 
 	if (ssl != NULL) {
 		vr = SSL_get_verify_result(ssl);
-		while ((x = bufferevent_get_openssl_error(c->bev)) != 0)
-			ossl = x;
+		ossl = tls_error(c->bev);
 	}
 	if (vr != X509_V_OK) {
 		snprintf(c->attempt_err, sizeof(c->attempt_err),
@@ -810,7 +822,7 @@ static void
 on_transport_lost(struct tp_h2_conn *c, short what)
 {
 	int e = EVUTIL_SOCKET_ERROR();
-	unsigned long x, ossl = 0;
+	unsigned long ossl = 0;
 	char ga[120], buf[200];
 
 	if (c->state == TP_H2_DRAINING && c->nstreams == 0) {
@@ -819,13 +831,12 @@ on_transport_lost(struct tp_h2_conn *c, short what)
 	}
 	describe_goaway(c, ga, sizeof(ga));
 	if (c->ssl_ctx != NULL)
-		while ((x = bufferevent_get_openssl_error(c->bev)) != 0)
-			ossl = x;
-	if (what & BEV_EVENT_EOF) {
-		conn_fail(c, "connection closed by peer%s", ga);
-	} else if (ossl != 0) {
+		ossl = tls_error(c->bev);
+	if (ossl != 0 && ERR_GET_LIB(ossl) != 0) {
 		ERR_error_string_n(ossl, buf, sizeof(buf));
 		conn_fail(c, "TLS error: %s%s", buf, ga);
+	} else if (what & BEV_EVENT_EOF) {
+		conn_fail(c, "connection closed by peer%s", ga);
 	} else {
 		conn_fail(c, "connection error: %s%s", evutil_socket_error_to_string(e), ga);
 	}
@@ -1011,12 +1022,14 @@ static void
 teardown(struct tp_h2_conn *c)
 {
 	drop_lookup(c);
-	if (c->started) {
+	if (c->timer_ev != NULL)      /* NULL only when tp_h2_conn_new failed half-way */
 		evtimer_del(c->timer_ev);
+	if (c->ping_ev != NULL)
 		event_del(c->ping_ev);
+	if (c->ping_to_ev != NULL)
 		evtimer_del(c->ping_to_ev);
+	if (c->work_ev != NULL)
 		event_del(c->work_ev);
-	}
 	if (c->session != NULL) {
 		nghttp2_session_del(c->session);
 		c->session = NULL;

@@ -54,6 +54,10 @@ struct task {
 	struct tp_temporal_call *hb_call;
 	/* state */
 	bool                     server_cancel; /* cancel_requested seen: report Canceled */
+	bool                     server_reset;  /* activity_reset seen: report ActivityReset */
+	bool                     server_paused; /* activity_paused seen: report ActivityPause */
+	int                      hb_records;    /* heartbeat records from the handler */
+	int                      hb_sent;       /* RecordActivityTaskHeartbeat calls made */
 	bool                     not_found;     /* the server no longer knows the task: report nothing */
 	bool                     timed_out;     /* local deadline passed: report nothing */
 	bool                     shutdown_cancel; /* cancelled by the drain: report WorkerShutdown */
@@ -76,6 +80,7 @@ struct worker {
 	bool                     ready;
 	bool                     draining;
 	bool                     cancelling;
+	bool                     paused;         /* the master's journal is unwritable: no new polls */
 	bool                     closing;
 	int                      polls_open;
 	int                      tasks_held;
@@ -183,6 +188,40 @@ task_finish(struct task *t)
 
 /* ---- reporting ------------------------------------------------------------------------------ */
 
+/* A report that could not be delivered goes to the master's outbox, which keeps trying (and
+ * journals it). Returns 0 if it was handed over. */
+static int
+hand_over_report(struct task *t, const struct tp_temporal_status *st)
+{
+	Tprefork__Channel__V1__Undelivered u = TPREFORK__CHANNEL__V1__UNDELIVERED__INIT;
+	tp_envelope m = TPREFORK__CHANNEL__V1__ENVELOPE__INIT;
+
+	/* A request the server refused as such would be refused again. */
+	if (t->w->ch == NULL || st->request == NULL || st->request_len == 0 ||
+	    st->code == TP_GRPC_INVALID_ARGUMENT || st->code == TP_GRPC_ALREADY_EXISTS ||
+	    st->code == TP_GRPC_UNIMPLEMENTED)
+		return -1;
+	switch (t->outcome) {
+	case TPREFORK__CHANNEL__V1__TASK_DONE__OUTCOME__COMPLETED:
+		u.kind = TPREFORK__CHANNEL__V1__UNDELIVERED__KIND__COMPLETED;
+		break;
+	case TPREFORK__CHANNEL__V1__TASK_DONE__OUTCOME__FAILED:
+		u.kind = TPREFORK__CHANNEL__V1__UNDELIVERED__KIND__FAILED;
+		break;
+	case TPREFORK__CHANNEL__V1__TASK_DONE__OUTCOME__CANCELED:
+		u.kind = TPREFORK__CHANNEL__V1__UNDELIVERED__KIND__CANCELED;
+		break;
+	default:
+		return -1;
+	}
+	u.task_token = t->resp->task_token;
+	u.request.data = (uint8_t *)st->request;
+	u.request.len = st->request_len;
+	m.msg_case = TPREFORK__CHANNEL__V1__ENVELOPE__MSG_UNDELIVERED;
+	m.undelivered = &u;
+	return tp_channel_send(t->w->ch, &m);
+}
+
 static void
 on_report_done(void *arg, const struct tp_temporal_status *st, ProtobufCMessage *resp)
 {
@@ -191,15 +230,17 @@ on_report_done(void *arg, const struct tp_temporal_status *st, ProtobufCMessage 
 	t->report_call = NULL;
 	if (resp)
 		protobuf_c_message_free_unpacked(resp, NULL);
-	if (st->code != TP_GRPC_OK)
-		t->outcome = st->code == TP_GRPC_NOT_FOUND ? TPREFORK__CHANNEL__V1__TASK_DONE__OUTCOME__NOT_REPORTED
-		                                          : TPREFORK__CHANNEL__V1__TASK_DONE__OUTCOME__UNDELIVERED;
-	if (st->code == TP_GRPC_NOT_FOUND)
+	if (st->code == TP_GRPC_NOT_FOUND) {
 		tp_log_info("%s: the server no longer knows this task (timed out, or completed "
 		    "elsewhere); result dropped", t->label);
-	else if (st->code != TP_GRPC_OK)
-		tp_log_error("%s: cannot report the result after %d attempt(s): %s: %s", t->label,
-		    st->attempts, tp_grpc_code_name(st->code), st->message);
+		t->outcome = TPREFORK__CHANNEL__V1__TASK_DONE__OUTCOME__NOT_REPORTED;
+	} else if (st->code != TP_GRPC_OK) {
+		bool handed = hand_over_report(t, st) == 0;
+		tp_log_error("%s: cannot report the result after %d attempt(s): %s: %s%s", t->label,
+		    st->attempts, tp_grpc_code_name(st->code), st->message,
+		    handed ? "; handed to the master's outbox" : "");
+		t->outcome = TPREFORK__CHANNEL__V1__TASK_DONE__OUTCOME__UNDELIVERED;
+	}
 	task_finish(t);
 }
 
@@ -272,6 +313,9 @@ on_activity_done(void *arg, const struct tp_activity_outcome *o)
 		evtimer_del(t->hb_ev);
 	if (t->deadline_ev)
 		evtimer_del(t->deadline_ev);
+	if (t->hb_records > 0)
+		tp_log_debug("%s: %d heartbeat record(s), %d heartbeat RPC(s)", t->label, t->hb_records,
+		    t->hb_sent);
 	if (t->not_found || t->timed_out) {
 		/* As the SDKs do: the server has timed it out or forgotten it; nothing to report. */
 		tp_log_info("%s: stopped (%s); not reported", t->label,
@@ -282,6 +326,12 @@ on_activity_done(void *arg, const struct tp_activity_outcome *o)
 		report_completed(t, o->result, o->result_len);
 	} else if (t->server_cancel && o->cancelled) {
 		report_canceled(t);
+	} else if ((t->server_reset || t->server_paused) && o->cancelled) {
+		/* As the Python SDK does: a retryable failure; the server holds a paused activity until
+		 * it is unpaused, and schedules a reset one again. */
+		report_failure(t, t->server_reset ? "ActivityReset" : "ActivityPause",
+		    t->server_reset ? "the activity was reset on the server and stopped"
+		                    : "the activity was paused on the server and stopped", false, NULL);
 	} else if (t->shutdown_cancel && o->cancelled) {
 		report_failure(t, "WorkerShutdown",
 		    "Worker is shutting down and this activity did not complete in time", false, NULL);
@@ -309,11 +359,15 @@ on_heartbeat_done(void *arg, const struct tp_temporal_status *st, ProtobufCMessa
 	} else if (st->code != TP_GRPC_OK) {
 		tp_log_warnx("%s: heartbeat failed: %s: %s", t->label, tp_grpc_code_name(st->code),
 		    st->message);
-	} else if (r->cancel_requested || r->activity_reset) {
-		if (!t->server_cancel && t->run) {
-			t->server_cancel = true;
-			tp_log_info("%s: the server requested cancellation%s", t->label,
-			    r->activity_reset ? " (activity reset)" : "");
+	} else if (r->cancel_requested || r->activity_reset || r->activity_paused) {
+		if (!t->server_cancel && !t->server_reset && !t->server_paused && t->run) {
+			/* sdk-core's order: a cancellation wins over a reset, a reset over a pause. */
+			t->server_cancel = r->cancel_requested;
+			t->server_reset = !r->cancel_requested && r->activity_reset;
+			t->server_paused = !r->cancel_requested && !r->activity_reset;
+			tp_log_info("%s: the server requested cancellation (%s)", t->label,
+			    t->server_cancel ? "cancel requested"
+			                     : t->server_reset ? "activity reset" : "activity paused");
 			tp_activity_cancel(t->run);
 		}
 	}
@@ -334,6 +388,8 @@ send_heartbeat(struct task *t)
 	json_decref(t->hb_pending);
 	t->hb_pending = NULL;
 	t->hb_last_ms = tp_now_mono_ms();
+	t->hb_sent++;
+	tp_log_debug("%s: heartbeat %d sent (%d record(s) so far)", t->label, t->hb_sent, t->hb_records);
 	t->hb_call = tp_temporal_heartbeat(w->tc, &t->resp->task_token, ps, timeout,
 	    on_heartbeat_done, t);
 	tp_pb_payloads_free(ps);
@@ -356,6 +412,7 @@ on_activity_heartbeat(void *arg, json_t *details)
 	struct task *t = arg;
 	int64_t now = tp_now_mono_ms();
 
+	t->hb_records++;
 	json_decref(t->hb_pending);
 	t->hb_pending = json_incref(details ? details : json_null());
 	json_decref(t->hb_latest);
@@ -440,6 +497,28 @@ heartbeat_interval(const poll_resp *r)
 	return iv > HB_MAX_INTERVAL_MS ? HB_MAX_INTERVAL_MS : iv;
 }
 
+/* The arguments as borrowed views (data from the task; encodings copied behind the array, in the
+ * same block). NULL without arguments; free the result with free(). */
+static struct tp_activity_payload *
+payload_views(const tp_payloads *in, size_t *n)
+{
+	struct tp_activity_payload *v;
+	char *enc;
+
+	*n = in ? in->n_payloads : 0;
+	if (*n == 0)
+		return NULL;
+	v = tp_xcalloc(*n, sizeof(*v) + 64);
+	enc = (char *)(v + *n);
+	for (size_t i = 0; i < *n; i++, enc += 64) {
+		tp_pb_encoding(in->payloads[i], enc, 64);
+		v[i].data = in->payloads[i]->data.data;
+		v[i].len = in->payloads[i]->data.len;
+		v[i].encoding = enc;
+	}
+	return v;
+}
+
 static void
 task_run(struct task *t)
 {
@@ -457,7 +536,9 @@ task_run(struct task *t)
 		report_failure(t, "UnknownActivityType", msg, true, NULL);
 		return;
 	}
-	if (tp_pb_input_to_json(t->resp->input, &input, &input_len, err, sizeof(err)) != 0) {
+	/* Commands get JSON only; plugins also get the raw payloads (binary ones included). */
+	if (tp_pb_input_to_json(t->resp->input, &input, &input_len, err, sizeof(err)) != 0 &&
+	    t->ac->kind == TP_HANDLER_EXEC) {
 		report_failure(t, "UnsupportedEncoding", err, true, NULL);
 		return;
 	}
@@ -465,9 +546,11 @@ task_run(struct task *t)
 	info.input = input;
 	info.input_len = input_len;
 	info.heartbeat_details = hb_json;
+	info.payloads = payload_views(t->resp->input, &info.npayloads);
 	t->run = tp_activity_start(w->base, t->ac, &info, &cb, err, sizeof(err));
 	free(input);
 	free(hb_json);
+	free((void *)info.payloads);
 	if (t->run == NULL) {
 		tp_log_error("%s: cannot start the handler: %s", t->label, err);
 		report_failure(t, "HandlerStartFailed", err, false, NULL);
@@ -601,7 +684,8 @@ on_poll_retry(evutil_socket_t fd, short what, void *arg)
 static void
 maybe_poll(struct worker *w)
 {
-	while (w->ready && !w->draining && !w->poll_waiting && w->polls_open < w->cfg->pollers &&
+	while (w->ready && !w->draining && !w->paused && !w->poll_waiting &&
+	    w->polls_open < w->cfg->pollers &&
 	    w->polls_open + w->tasks_held < w->cfg->max_concurrent) {
 		struct poll *p = tp_xcalloc(1, sizeof(*p));
 		p->w = w;
@@ -830,7 +914,20 @@ on_stats_timer(evutil_socket_t fd, short what, void *arg)
 static void
 on_channel_msg(void *arg, const tp_envelope *m)
 {
-	/* The master sends nothing after the configuration; anything else is ignored. */
+	struct worker *w = arg;
+
+	/* After the configuration the master only sends backpressure; anything else is ignored. */
+	if (m->msg_case != TPREFORK__CHANNEL__V1__ENVELOPE__MSG_BACKPRESSURE ||
+	    w->paused == m->backpressure->pause)
+		return;
+	w->paused = m->backpressure->pause;
+	if (w->paused) {
+		tp_log_warnx("the master's journal cannot be written: no new polls (%d open, %d task(s) "
+		    "in flight)", w->polls_open, w->tasks_held);
+	} else {
+		tp_log_info("the master's journal is writable again: polling resumes");
+		maybe_poll(w);
+	}
 }
 
 static void
@@ -965,6 +1062,7 @@ tp_worker_run(const struct tp_worker_opts *o)
 		worker_free(&w);
 		return 1;
 	}
+	tp_temporal_set_report_retry(w.tc, w.cfg->report_retry_ms);
 	tp_log_info("connecting to %s (namespace %s)%s", w.cfg->address, w.cfg->namespace_,
 	    w.cfg->tls ? " over TLS" : "");
 	describe(&w);

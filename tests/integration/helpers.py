@@ -42,7 +42,10 @@ ACTIVITIES = Path(__file__).resolve().parent / "activities"
 # the worker's number. (The master's own lines, "info: master: ...", do not match.)
 WORKER_READY_RE = r"info: worker (\d+)\b[^:\n]*: ready\b"
 # Sanitizer reports (ASan, LSan, UBSan) in a tprefork log fail the test.
-SANITIZER_RE = r"(ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|SUMMARY: UndefinedBehaviorSanitizer)"
+# Reports of valgrind's memcheck (when TPREFORK_BIN is a valgrind wrapper) count the same way.
+SANITIZER_RE = (r"(ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|SUMMARY: UndefinedBehaviorSanitizer"
+                r"|==\d+== (Invalid (read|write|free)|Conditional jump|Use of uninitialised|Syscall param"
+                r"|Mismatched free)|definitely lost in loss record)")
 
 # pids of the Popen objects the harness owns: reap_orphans must not steal their exit status.
 _popen_pids: set[int] = set()
@@ -485,13 +488,16 @@ class Tprefork:
     """A running `tprefork -c FILE` in its own session, stdout+stderr appended to workdir/tprefork.log."""
 
     def __init__(self, config_path: Path, workdir: Path, task_queue: str | None, args: Iterable[str] = (),
-                 env: dict[str, str] | None = None, config: dict | None = None) -> None:
+                 env: dict[str, str] | None = None, config: dict | None = None,
+                 wrap: Iterable[str] = ()) -> None:
         self.config_path = Path(config_path)
         self.workdir = Path(workdir)
         self.task_queue = task_queue
         self.config = config
         self.log_path = self.workdir / "tprefork.log"
-        self.argv = [tprefork_bin(), "-c", str(self.config_path), *args]
+        # wrap: a command that execs its arguments (e.g. unshare ... sh -c '...; exec "$@"'), so that
+        # the process started is still the master.
+        self.argv = [*wrap, tprefork_bin(), "-c", str(self.config_path), *args]
         full_env = clean_env()
         full_env.update(env or {})
         with open(self.log_path, "ab") as log:
@@ -705,7 +711,7 @@ class TprefFactory:
 
     def __call__(self, config: dict | str | None = None, args: Iterable[str] = (),
                  env: dict[str, str] | None = None, server: Any = None, wait_ready: bool = False,
-                 ready_timeout: float = 30.0) -> Tprefork:
+                 ready_timeout: float = 30.0, wrap: Iterable[str] = ()) -> Tprefork:
         d = self._subdir()
         address = None
         if not isinstance(config, str):
@@ -714,7 +720,7 @@ class TprefFactory:
                 address = (server or self._get_server()).address
         path, merged = self.write_config(config, address=address, subdir=d)
         tq = merged["temporal"]["task_queue"] if merged else None
-        tp = Tprefork(path, d, tq, args=args, env=env, config=merged)
+        tp = Tprefork(path, d, tq, args=args, env=env, config=merged, wrap=wrap)
         self.handles.append(tp)
         if wait_ready:
             tp.wait_ready(ready_timeout)

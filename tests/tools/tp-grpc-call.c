@@ -3,9 +3,10 @@
  *   tp-grpc-call [options] HOST:PORT /package.Service/Method
  *
  * The request is empty unless -d (hex) or -f (file) gives one. With -n N, N calls run
- * concurrently on the one channel and a summary per status code is printed. The channel is
- * closed gracefully at the end. Exit status: 0 when every call returned OK (or the code given
- * with -e), 1 otherwise, 2 on usage errors.
+ * concurrently on the one channel and a summary per status code is printed; with -r R the batch
+ * runs R times, -i MS apart, on the same channel (long runs see the server's GOAWAYs and the
+ * keepalive PINGs). The channel is closed gracefully at the end. Exit status: 0 when every call
+ * returned OK (or the code given with -e), 1 otherwise, 2 on usage errors.
  */
 #include "config.h"
 
@@ -27,6 +28,14 @@ struct tool {
 	struct tp_grpc_channel *ch;
 	long                    ncalls;
 	long                    left;
+	long                    rounds;        /* batches still to start after this one */
+	long                    interval_ms;
+	long                    total;
+	const char             *path;
+	const uint8_t          *req;
+	size_t                  reqlen;
+	long                    timeout_ms;
+	struct event           *next_ev;
 	long                    counts[17];
 	long                    other;
 	bool                    hex;
@@ -50,9 +59,11 @@ usage(void)
 	    "  -n, --count N           concurrent calls (default 1)\n"
 	    "  -d, --data HEX          request bytes in hex\n"
 	    "  -f, --file FILE         request bytes from a file\n"
+	    "  -r, --repeat R          run the batch R times (default 1)\n"
+	    "  -i, --interval MS       pause between batches (default 1000)\n"
 	    "  -e, --expect CODE       exit 0 when every call ends with this code (default 0)\n"
 	    "  -x, --hex               dump the response in hex\n"
-	    "  -q, --quiet             only the summary\n");
+	    "  -q, --quiet             only the summary (the default with -n > 1)\n");
 }
 
 static int
@@ -132,6 +143,8 @@ on_done(void *arg, const struct tp_grpc_status *st, const uint8_t *msg, size_t l
 		t->counts[st->code]++;
 	else
 		t->other++;
+	if (t->quiet && st->code != TP_GRPC_OK)
+		printf("status: %s (%d): %s\n", tp_grpc_code_name(st->code), st->code, st->message);
 	if (!t->quiet) {
 		printf("status: %s (%d) after %lld ms\n", tp_grpc_code_name(st->code), st->code,
 		    (long long)(tp_now_mono_ms() - t->started));
@@ -144,8 +157,42 @@ on_done(void *arg, const struct tp_grpc_status *st, const uint8_t *msg, size_t l
 		for (i = 0; t->hex && i < len; i++)
 			printf("%02x%s", msg[i], i + 1 == len || i % 32 == 31 ? "\n" : "");
 	}
-	if (--t->left == 0)
-		tp_grpc_channel_close(t->ch, NULL, NULL);
+	if (--t->left > 0)
+		return;
+	if (t->rounds > 0) {
+		struct timeval tv = { t->interval_ms / 1000, (t->interval_ms % 1000) * 1000 };
+
+		evtimer_add(t->next_ev, &tv);
+		return;
+	}
+	tp_grpc_channel_close(t->ch, NULL, NULL);
+}
+
+static int
+start_batch(struct tool *t)
+{
+	long i;
+
+	t->rounds--;
+	t->left = t->ncalls;
+	for (i = 0; i < t->ncalls; i++) {
+		if (tp_grpc_call_start(t->ch, t->path, t->req, t->reqlen, t->timeout_ms, NULL, 0,
+		    on_done, t) == NULL)
+			return -1;
+		t->total++;
+	}
+	return 0;
+}
+
+static void
+on_next(evutil_socket_t fd, short what, void *arg)
+{
+	struct tool *t = arg;
+
+	if (start_batch(t) != 0) {
+		fprintf(stderr, "tp-grpc-call: out of memory\n");
+		event_base_loopbreak(t->base);
+	}
 }
 
 static int
@@ -179,124 +226,154 @@ add_header(struct tp_grpc_header *h, size_t *n, char *arg)
 	return 0;
 }
 
+/* Everything the command line says. */
+struct args {
+	struct tp_grpc_channel_opts o;
+	struct tp_grpc_header       hdrs[MAX_HEADERS];
+	size_t                      nhdrs;
+	uint8_t                    *req;
+	size_t                      reqlen;
+	long                        timeout;
+	long                        expect;
+};
+
+static const struct option longopts[] = {
+	{ "tls", no_argument, NULL, 's' },
+	{ "ca", required_argument, NULL, 1 },
+	{ "cert", required_argument, NULL, 2 },
+	{ "key", required_argument, NULL, 3 },
+	{ "server-name", required_argument, NULL, 4 },
+	{ "insecure", no_argument, NULL, 5 },
+	{ "header", required_argument, NULL, 'H' },
+	{ "timeout", required_argument, NULL, 'T' },
+	{ "count", required_argument, NULL, 'n' },
+	{ "data", required_argument, NULL, 'd' },
+	{ "file", required_argument, NULL, 'f' },
+	{ "expect", required_argument, NULL, 'e' },
+	{ "repeat", required_argument, NULL, 'r' },
+	{ "interval", required_argument, NULL, 'i' },
+	{ "hex", no_argument, NULL, 'x' },
+	{ "quiet", no_argument, NULL, 'q' },
+	{ NULL, 0, NULL, 0 },
+};
+
+/* The request body options. Returns 0 or -1 (message printed). */
+static int
+parse_body(struct args *a, int c, const char *arg)
+{
+	free(a->req);
+	a->req = c == 'd' ? parse_hex(arg, &a->reqlen) : read_file(arg, &a->reqlen);
+	if (a->req == NULL) {
+		fprintf(stderr, "tp-grpc-call: %s %s\n", c == 'd' ? "bad hex data" : "cannot read", arg);
+		return -1;
+	}
+	return 0;
+}
+
+/* One option. Returns 0, or -1 on a bad value. */
+static int
+parse_opt(struct args *a, struct tool *t, int c, char *arg)
+{
+	switch (c) {
+	case 's': a->o.tls = true; return 0;
+	case 1:   a->o.tls_ca_file = arg; a->o.tls = true; return 0;
+	case 2:   a->o.tls_cert_file = arg; a->o.tls = true; return 0;
+	case 3:   a->o.tls_key_file = arg; a->o.tls = true; return 0;
+	case 4:   a->o.tls_server_name = arg; return 0;
+	case 5:   a->o.tls_skip_verify = true; return 0;
+	case 'x': t->hex = true; return 0;
+	case 'q': t->quiet = true; return 0;
+	case 'H': return add_header(a->hdrs, &a->nhdrs, arg);
+	case 'T': return tp_parse_long(arg, 0, 86400000, &a->timeout);
+	case 'n': return tp_parse_long(arg, 1, 100000, &t->ncalls);
+	case 'r': return tp_parse_long(arg, 1, 1000000, &t->rounds);
+	case 'i': return tp_parse_long(arg, 0, 3600000, &t->interval_ms);
+	case 'e': return tp_parse_long(arg, 0, 16, &a->expect);
+	case 'd':
+	case 'f': return parse_body(a, c, arg);
+	default:  return -1;
+	}
+}
+
+static int
+parse_args(int argc, char **argv, struct args *a, struct tool *t)
+{
+	int c;
+
+	a->timeout = 10000;
+	t->ncalls = 1;
+	t->rounds = 1;
+	t->interval_ms = 1000;
+	while ((c = getopt_long(argc, argv, "sH:T:n:d:f:e:r:i:xq", longopts, NULL)) != -1)
+		if (parse_opt(a, t, c, optarg) != 0)
+			return -1;
+	if (argc - optind != 2 || split_hostport(argv[optind], &a->o.host, &a->o.port) != 0)
+		return -1;
+	a->o.headers = a->hdrs;
+	a->o.nheaders = a->nhdrs;
+	t->path = argv[optind + 1];
+	t->req = a->req;
+	t->reqlen = a->reqlen;
+	t->timeout_ms = a->timeout;
+	if (t->ncalls > 1 || t->rounds > 1)
+		t->quiet = true;
+	return 0;
+}
+
+/* Run the batches; returns the exit status. */
+static int
+run(struct tool *t, const struct args *a)
+{
+	char err[512];
+	int i, rc = 1;
+
+	t->base = event_base_new();
+	if (t->base == NULL)
+		return 1;
+	t->ch = tp_grpc_channel_new(t->base, &a->o, err, sizeof(err));
+	t->next_ev = evtimer_new(t->base, on_next, t);
+	t->started = tp_now_mono_ms();
+	if (t->ch == NULL)
+		fprintf(stderr, "tp-grpc-call: %s\n", err);
+	else if (t->next_ev == NULL || start_batch(t) != 0)
+		fprintf(stderr, "tp-grpc-call: out of memory\n");
+	else
+		event_base_dispatch(t->base);
+	if (t->ch != NULL && t->quiet) {
+		printf("%ld calls in %lld ms:", t->total, (long long)(tp_now_mono_ms() - t->started));
+		for (i = 0; i <= 16; i++)
+			if (t->counts[i] > 0)
+				printf(" %s=%ld", tp_grpc_code_name(i), t->counts[i]);
+		printf("\n");
+	}
+	if (t->ch != NULL && t->total > 0)
+		rc = t->counts[a->expect] == t->total ? 0 : 1;
+	if (t->next_ev != NULL)
+		event_free(t->next_ev);
+	tp_grpc_channel_free(t->ch);
+	event_base_free(t->base);
+	return rc;
+}
+
 int
 main(int argc, char **argv)
 {
-	static const struct option longopts[] = {
-		{ "tls", no_argument, NULL, 's' },
-		{ "ca", required_argument, NULL, 1 },
-		{ "cert", required_argument, NULL, 2 },
-		{ "key", required_argument, NULL, 3 },
-		{ "server-name", required_argument, NULL, 4 },
-		{ "insecure", no_argument, NULL, 5 },
-		{ "header", required_argument, NULL, 'H' },
-		{ "timeout", required_argument, NULL, 'T' },
-		{ "count", required_argument, NULL, 'n' },
-		{ "data", required_argument, NULL, 'd' },
-		{ "file", required_argument, NULL, 'f' },
-		{ "expect", required_argument, NULL, 'e' },
-		{ "hex", no_argument, NULL, 'x' },
-		{ "quiet", no_argument, NULL, 'q' },
-		{ NULL, 0, NULL, 0 },
-	};
-	struct tp_grpc_channel_opts o;
-	struct tp_grpc_header hdrs[MAX_HEADERS];
+	struct args a;
 	struct tool t;
 	struct sigaction sa;
-	uint8_t *req = NULL;
-	size_t reqlen = 0, nhdrs = 0;
-	long timeout = 10000, expect = 0, i;
-	char err[512];
-	int c, rc = 2;
+	int rc;
 
-	memset(&o, 0, sizeof(o));
+	memset(&a, 0, sizeof(a));
 	memset(&t, 0, sizeof(t));
-	t.ncalls = 1;
-	while ((c = getopt_long(argc, argv, "sH:T:n:d:f:e:xq", longopts, NULL)) != -1) {
-		switch (c) {
-		case 's': o.tls = true; break;
-		case 1: o.tls_ca_file = optarg; o.tls = true; break;
-		case 2: o.tls_cert_file = optarg; o.tls = true; break;
-		case 3: o.tls_key_file = optarg; o.tls = true; break;
-		case 4: o.tls_server_name = optarg; break;
-		case 5: o.tls_skip_verify = true; break;
-		case 'H':
-			if (add_header(hdrs, &nhdrs, optarg) != 0)
-				goto bad_usage;
-			break;
-		case 'T':
-			if (tp_parse_long(optarg, 0, 86400000, &timeout) != 0)
-				goto bad_usage;
-			break;
-		case 'n':
-			if (tp_parse_long(optarg, 1, 100000, &t.ncalls) != 0)
-				goto bad_usage;
-			break;
-		case 'd':
-			free(req);
-			req = parse_hex(optarg, &reqlen);
-			if (req == NULL)
-				goto bad_usage;
-			break;
-		case 'f':
-			free(req);
-			req = read_file(optarg, &reqlen);
-			if (req == NULL) {
-				fprintf(stderr, "tp-grpc-call: cannot read %s\n", optarg);
-				goto out;
-			}
-			break;
-		case 'e':
-			if (tp_parse_long(optarg, 0, 16, &expect) != 0)
-				goto bad_usage;
-			break;
-		case 'x': t.hex = true; break;
-		case 'q': t.quiet = true; break;
-		default: goto bad_usage;
-		}
+	if (parse_args(argc, argv, &a, &t) != 0) {
+		usage();
+		free(a.req);
+		return 2;
 	}
-	if (argc - optind != 2 || split_hostport(argv[optind], &o.host, &o.port) != 0)
-		goto bad_usage;
-	o.headers = hdrs;
-	o.nheaders = nhdrs;
-
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = SIG_IGN;
 	sigaction(SIGPIPE, &sa, NULL);
-	t.base = event_base_new();
-	t.ch = tp_grpc_channel_new(t.base, &o, err, sizeof(err));
-	if (t.ch == NULL) {
-		fprintf(stderr, "tp-grpc-call: %s\n", err);
-		rc = 1;
-		goto out_base;
-	}
-	t.left = t.ncalls;
-	t.started = tp_now_mono_ms();
-	for (i = 0; i < t.ncalls; i++)
-		if (tp_grpc_call_start(t.ch, argv[optind + 1], req, reqlen, timeout, NULL, 0, on_done,
-		    &t) == NULL) {
-			fprintf(stderr, "tp-grpc-call: out of memory\n");
-			rc = 1;
-			goto out_channel;
-		}
-	event_base_dispatch(t.base);
-	if (t.ncalls > 1 || t.quiet) {
-		printf("%ld calls in %lld ms:", t.ncalls, (long long)(tp_now_mono_ms() - t.started));
-		for (i = 0; i <= 16; i++)
-			if (t.counts[i] > 0)
-				printf(" %s=%ld", tp_grpc_code_name((int)i), t.counts[i]);
-		printf("\n");
-	}
-	rc = t.counts[expect] == t.ncalls ? 0 : 1;
-out_channel:
-	tp_grpc_channel_free(t.ch);
-out_base:
-	event_base_free(t.base);
-out:
-	free(req);
+	rc = run(&t, &a);
+	free(a.req);
 	return rc;
-bad_usage:
-	usage();
-	free(req);
-	return 2;
 }

@@ -8,6 +8,7 @@
 
 #include "core/tp_config.h"
 #include "core/tp_log.h"
+#include "core/tp_mem.h"
 
 static struct tp_config *
 load(const char *text, struct tp_config_errors *errs)
@@ -59,21 +60,37 @@ END_TEST
 
 START_TEST(full)
 {
-	const char *text =
+	char dir[] = "/tmp/tp-config-XXXXXX", so[64];
+	const char *head =
 	    "temporal = { address = \"[::1]:7000\"; namespace = \"ns\"; task_queue = \"q\";\n"
 	    "  tls = { ca = \"/etc/ca.pem\"; server_name = \"x.example\"; }; };\n"
 	    "workers = { count = 3; max_concurrent_activities = 5; pollers = 1;\n"
 	    "  shutdown_timeout = 20; cancel_grace = 4; poll_timeout = 15; };\n"
 	    "log = { level = \"debug\"; };\n"
 	    "journal = { path = \"/tmp/j.db\"; };\n"
-	    "pidfile = \"/tmp/p.pid\";\n"
+	    "pidfile = \"/tmp/p.pid\";\n";
+	const char *tail =
 	    "activities = (\n"
 	    "  { type = \"A\"; exec = [ \"cat\", \"-u\" ]; env = [ \"X=1\" ]; cwd = \"/tmp\";\n"
 	    "    kill_grace = 2; non_retryable_exit_codes = [ 2, 3 ]; },\n"
 	    "  { type = \"B\"; plugin = \"example\"; function = \"echo\"; } );\n";
 	struct tp_config_errors errs;
-	struct tp_config *cfg = load(text, &errs);
+	struct tp_config *cfg;
 	const struct tp_activity_conf *a;
+	char *text;
+	FILE *f;
+
+	/* A plugin must exist (its loading is checked by tp_plugin, not here). */
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	snprintf(so, sizeof(so), "%s/example.so", dir);
+	f = fopen(so, "w");
+	ck_assert_ptr_nonnull(f);
+	fclose(f);
+	text = tp_xasprintf("%splugins = ( \"%s\" );\n%s", head, so, tail);
+	cfg = load(text, &errs);
+	free(text);
+	unlink(so);
+	rmdir(dir);
 
 	ck_assert_msg(cfg != NULL, "%s", errs.n ? errs.lines[0] : "");
 	ck_assert_str_eq(cfg->host, "::1");
@@ -103,6 +120,7 @@ START_TEST(full)
 	a = tp_config_find_activity(cfg, "B");
 	ck_assert_int_eq(a->kind, TP_HANDLER_PLUGIN);
 	ck_assert_str_eq(a->function, "echo");
+	ck_assert_str_eq(a->plugin_path, so);
 	ck_assert_ptr_null(tp_config_find_activity(cfg, "C"));
 	tp_config_free(cfg);
 }
@@ -240,6 +258,55 @@ START_TEST(api_key_file_mode)
 }
 END_TEST
 
+START_TEST(journal_settings)
+{
+	struct tp_config_errors errs;
+	struct tp_config *cfg = load(MIN_ACT, &errs);
+	char *e;
+
+	/* Defaults: on, FULL, 256 MiB of undelivered reports, a one-minute report retry. */
+	ck_assert_ptr_nonnull(cfg);
+	ck_assert(cfg->journal_enabled);
+	ck_assert_int_eq(cfg->journal_sync, 2);
+	ck_assert_int_eq(cfg->journal_memory_cap, 256L * 1024 * 1024);
+	ck_assert_int_eq(cfg->report_retry_ms, 60000);
+	ck_assert_msg(strstr(cfg->journal_path, "/lib/tprefork/journal.db") != NULL, "%s",
+	    cfg->journal_path);
+	tp_config_free(cfg);
+	cfg = load(MIN_ACT "journal = { path = \"/tmp/j.db\"; enabled = false;\n"
+	    "  synchronous = \"normal\"; memory_cap = 8; };\nworkers = { report_retry = 5; };\n", &errs);
+	ck_assert_msg(cfg != NULL, "%s", errs.n ? errs.lines[0] : "");
+	ck_assert(!cfg->journal_enabled);
+	ck_assert_int_eq(cfg->journal_sync, 1);
+	ck_assert_int_eq(cfg->journal_memory_cap, 8L * 1024 * 1024);
+	ck_assert_int_eq(cfg->report_retry_ms, 5000);
+	tp_config_free(cfg);
+	cfg = load(MIN_ACT "journal = { synchronous = \"off\"; };\n", &errs);
+	ck_assert_ptr_nonnull(cfg);
+	ck_assert_int_eq(cfg->journal_sync, 0);
+	tp_config_free(cfg);
+
+	e = one_error(MIN_ACT "journal = {\n  synchronous = \"extra\"; };\n");
+	ck_assert_msg(strstr(e, "test.conf:3:") && strstr(e, "full, normal, off"), "%s", e);
+	free(e);
+	e = one_error(MIN_ACT "journal = { enabled = 1; };\n");
+	ck_assert_msg(strstr(e, "'enabled' must be true or false"), "%s", e);
+	free(e);
+	e = one_error(MIN_ACT "journal = { memory_cap = 0; };\n");
+	ck_assert_msg(strstr(e, "memory_cap"), "%s", e);
+	free(e);
+	e = one_error(MIN_ACT "journal = {\n  pathh = \"/x\"; };\n");
+	ck_assert_msg(strstr(e, "test.conf:3:") && strstr(e, "unknown setting 'journal.pathh'"), "%s", e);
+	free(e);
+	e = one_error(MIN_ACT "journal = \"/x\";\n");
+	ck_assert_msg(strstr(e, "'journal' must be a group"), "%s", e);
+	free(e);
+	e = one_error(MIN_ACT "workers = { report_retry = 0; };\n");
+	ck_assert_msg(strstr(e, "report_retry"), "%s", e);
+	free(e);
+}
+END_TEST
+
 START_TEST(missing_file)
 {
 	struct tp_config_errors errs;
@@ -268,6 +335,7 @@ config_suite(void)
 	tcase_add_test(tc, several_errors_reported);
 	tcase_add_test(tc, env_overrides);
 	tcase_add_test(tc, api_key_file_mode);
+	tcase_add_test(tc, journal_settings);
 	tcase_add_test(tc, missing_file);
 	suite_add_tcase(s, tc);
 	return s;

@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -591,78 +593,162 @@ on_drop(evutil_socket_t fd, short what, void *arg)
 	sconn_free(sc);
 }
 
+/* One handler per test method, named by its :path. */
+static void
+h_empty(struct sstream *st)
+{
+	nghttp2_nv h[] = { NV(":status", "200"), NV("content-type", "application/grpc") };
+	nghttp2_nv t[] = { NV("grpc-status", "0") };
+
+	nghttp2_submit_headers(st->sc->s, NGHTTP2_FLAG_NONE, st->id, NULL, h, 2, NULL);
+	nghttp2_submit_trailer(st->sc->s, st->id, t, 1);
+}
+
+static void
+h_trailers_only(struct sstream *st)
+{
+	nghttp2_nv h[] = { NV(":status", "200"), NV("content-type", "application/grpc"),
+	    NV("grpc-status", "3"), NV("grpc-message", "bad%20thing%zz"),
+	    NV("grpc-status-details-bin", "CAMSBGJhZCE") };
+
+	nghttp2_submit_response(st->sc->s, st->id, h, 5, NULL);
+}
+
+static void
+h_http404(struct sstream *st)
+{
+	static const uint8_t page[] = "<html>nope</html>";
+	nghttp2_nv h[] = { NV(":status", "404"), NV("content-type", "text/html") };
+	nghttp2_data_provider dp;
+
+	st->resp = malloc(sizeof(page));
+	memcpy(st->resp, page, sizeof(page));
+	st->resplen = sizeof(page) - 1;
+	dp.source.ptr = st;
+	dp.read_callback = s_read_resp;
+	nghttp2_submit_response(st->sc->s, st->id, h, 2, &dp);
+}
+
+static void
+h_no_status(struct sstream *st)
+{
+	respond_data(st, st->req, st->reqlen, false);
+}
+
+static void
+h_big(struct sstream *st)
+{
+	static uint8_t big[5 + 2048];
+
+	tp_grpc_frame_prefix(big, 2048);
+	respond_data(st, big, sizeof(big), true);
+}
+
+static void
+h_large(struct sstream *st)
+{
+	/* 3 MiB: far beyond HTTP/2's default 64 KiB windows */
+	size_t n = (size_t)3 << 20, i;
+	uint8_t *large = malloc(n + 5);
+
+	tp_grpc_frame_prefix(large, (uint32_t)n);
+	for (i = 0; i < n; i++)
+		large[5 + i] = (uint8_t)(i * 7);
+	respond_data(st, large, n + 5, true);
+	free(large);
+}
+
+static void
+h_two(struct sstream *st)
+{
+	uint8_t two[10];
+
+	tp_grpc_frame_prefix(two, 0);
+	tp_grpc_frame_prefix(two + 5, 0);
+	respond_data(st, two, sizeof(two), true);
+}
+
+static void
+h_refuse(struct sstream *st)
+{
+	nghttp2_submit_rst_stream(st->sc->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_REFUSED_STREAM);
+}
+
+static void
+h_cancel(struct sstream *st)
+{
+	nghttp2_submit_rst_stream(st->sc->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+}
+
+static void
+h_slow(struct sstream *st)
+{
+	struct timeval tv = { 0, 30000 };
+
+	st->timer = evtimer_new(st->sc->srv->base, on_slow, st);
+	evtimer_add(st->timer, &tv);
+}
+
+static void
+h_goaway_after(struct sstream *st)
+{
+	/* Answer this one; streams above it were "never processed". */
+	nghttp2_submit_goaway(st->sc->s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR,
+	    (const uint8_t *)"bye", 3);
+	st->sc->goaway_last = st->id;
+	respond_echo(st);
+}
+
+static void
+h_drop(struct sstream *st)
+{
+	event_base_once(st->sc->srv->base, -1, EV_TIMEOUT, on_drop, st->sc, NULL);
+}
+
+static void
+h_hang(struct sstream *st)
+{
+}
+
+static void
+h_unknown(struct sstream *st)
+{
+	nghttp2_nv h[] = { NV(":status", "200"), NV("content-type", "application/grpc"),
+	    NV("grpc-status", "12"), NV("grpc-message", "unknown method") };
+
+	nghttp2_submit_response(st->sc->s, st->id, h, 4, NULL);
+}
+
+static const struct {
+	const char *path;
+	void      (*fn)(struct sstream *);
+} handlers[] = {
+	{ "/t.S/Echo", respond_echo }, { "/t.S/Empty", h_empty },
+	{ "/t.S/TrailersOnly", h_trailers_only }, { "/t.S/Http404", h_http404 },
+	{ "/t.S/NoStatus", h_no_status }, { "/t.S/Big", h_big }, { "/t.S/Large", h_large },
+	{ "/t.S/Two", h_two }, { "/t.S/Refuse", h_refuse }, { "/t.S/Cancel", h_cancel },
+	{ "/t.S/Slow", h_slow }, { "/t.S/GoawayAfter", h_goaway_after }, { "/t.S/Drop", h_drop },
+	{ "/t.S/Hang", h_hang },
+};
+
 static void
 handle_request(struct sstream *st)
 {
-	struct sconn *sc = st->sc;
-	nghttp2_session *s = sc->s;
+	struct srv *srv = st->sc->srv;
+	size_t i;
 
-	st->sc->srv->nreq++;
-	snprintf(sc->srv->last_timeout, sizeof(sc->srv->last_timeout), "%s", st->timeout);
-	snprintf(sc->srv->last_ua, sizeof(sc->srv->last_ua), "%s", st->ua);
-	if (sc->goaway_last >= 0 && st->id > sc->goaway_last)
+	srv->nreq++;
+	snprintf(srv->last_timeout, sizeof(srv->last_timeout), "%s", st->timeout);
+	snprintf(srv->last_ua, sizeof(srv->last_ua), "%s", st->ua);
+	if (st->sc->goaway_last >= 0 && st->id > st->sc->goaway_last)
 		return;                          /* after our GOAWAY: never processed */
-	if (strcmp(st->path, "/t.S/Echo") == 0) {
-		respond_echo(st);
-	} else if (strcmp(st->path, "/t.S/Empty") == 0) {
-		nghttp2_nv h[] = { NV(":status", "200"), NV("content-type", "application/grpc") };
-		nghttp2_nv t[] = { NV("grpc-status", "0") };
-
-		nghttp2_submit_headers(s, NGHTTP2_FLAG_NONE, st->id, NULL, h, 2, NULL);
-		nghttp2_submit_trailer(s, st->id, t, 1);
-	} else if (strcmp(st->path, "/t.S/TrailersOnly") == 0) {
-		nghttp2_nv h[] = { NV(":status", "200"), NV("content-type", "application/grpc"),
-		    NV("grpc-status", "3"), NV("grpc-message", "bad%20thing%zz"),
-		    NV("grpc-status-details-bin", "CAMSBGJhZCE") };
-
-		nghttp2_submit_response(s, st->id, h, 5, NULL);
-	} else if (strcmp(st->path, "/t.S/Http404") == 0) {
-		static const uint8_t page[] = "<html>nope</html>";
-		nghttp2_nv h[] = { NV(":status", "404"), NV("content-type", "text/html") };
-		nghttp2_data_provider dp;
-
-		st->resp = malloc(sizeof(page));
-		memcpy(st->resp, page, sizeof(page));
-		st->resplen = sizeof(page) - 1;
-		dp.source.ptr = st;
-		dp.read_callback = s_read_resp;
-		nghttp2_submit_response(s, st->id, h, 2, &dp);
-	} else if (strcmp(st->path, "/t.S/NoStatus") == 0) {
-		respond_data(st, st->req, st->reqlen, false);
-	} else if (strcmp(st->path, "/t.S/Big") == 0) {
-		static uint8_t big[5 + 2048];
-
-		tp_grpc_frame_prefix(big, 2048);
-		respond_data(st, big, sizeof(big), true);
-	} else if (strcmp(st->path, "/t.S/Two") == 0) {
-		uint8_t two[10];
-
-		tp_grpc_frame_prefix(two, 0);
-		tp_grpc_frame_prefix(two + 5, 0);
-		respond_data(st, two, sizeof(two), true);
-	} else if (strcmp(st->path, "/t.S/Refuse") == 0) {
-		nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_REFUSED_STREAM);
-	} else if (strcmp(st->path, "/t.S/Cancel") == 0) {
-		nghttp2_submit_rst_stream(s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
-	} else if (strcmp(st->path, "/t.S/Slow") == 0) {
-		struct timeval tv = { 0, 30000 };
-
-		st->timer = evtimer_new(sc->srv->base, on_slow, st);
-		evtimer_add(st->timer, &tv);
-	} else if (strcmp(st->path, "/t.S/GoawayAfter") == 0) {
-		/* Answer this one; streams above it were "never processed". */
-		nghttp2_submit_goaway(s, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR,
-		    (const uint8_t *)"bye", 3);
-		sc->goaway_last = st->id;
-		respond_echo(st);
-	} else if (strcmp(st->path, "/t.S/Drop") == 0) {
-		event_base_once(sc->srv->base, -1, EV_TIMEOUT, on_drop, sc, NULL);
-	} else if (strcmp(st->path, "/t.S/Hang") != 0) {
-		nghttp2_nv h[] = { NV(":status", "200"), NV("content-type", "application/grpc"),
-		    NV("grpc-status", "12"), NV("grpc-message", "unknown method") };
-
-		nghttp2_submit_response(s, st->id, h, 4, NULL);
+	for (i = 0; i < sizeof(handlers) / sizeof(handlers[0]); i++) {
+		if (strcmp(st->path, handlers[i].path) == 0) {
+			handlers[i].fn(st);
+			return;
+		}
 	}
+	h_unknown(st);
 }
 
 static int
@@ -882,6 +968,7 @@ struct result {
 	uint8_t         msg[4096];
 	size_t          len;
 	bool            msg_nonnull;
+	bool            large_ok;
 	uint8_t         details[64];
 	size_t          details_len;
 	int            *countdown;          /* when it reaches 0: stop the loop */
@@ -935,6 +1022,9 @@ on_result(void *arg, const struct tp_grpc_status *st, const uint8_t *msg, size_t
 	snprintf(r->message, sizeof(r->message), "%s", st->message);
 	r->msg_nonnull = msg != NULL;
 	r->len = len;
+	r->large_ok = len == ((size_t)3 << 20);
+	for (size_t i = 0; r->large_ok && i < len; i++)
+		r->large_ok = msg[i] == (uint8_t)(i * 7);
 	if (len > 0 && len <= sizeof(r->msg))
 		memcpy(r->msg, msg, len);
 	r->details_len = st->details_len;
@@ -1036,6 +1126,33 @@ START_TEST(test_chan_oversize)
 	ck_assert_int_eq(r.code, TP_GRPC_OK);
 	ck_assert_int_eq(fx.srv->rst_cancel, 1);
 	ck_assert_int_eq(fx.srv->nconns, 1);
+	fx_done(&fx);
+}
+END_TEST
+
+START_TEST(test_chan_large)
+{
+	struct fixture fx;
+	struct result r;
+
+	fx_init(&fx, 0, 0);
+	run_call(&fx, "/t.S/Large", "x", 5000, &r);
+	ck_assert_int_eq(r.code, TP_GRPC_OK);
+	ck_assert(r.large_ok);
+	/* and with a cap just below it */
+	tp_grpc_channel_free(fx.ch);
+	{
+		struct tp_grpc_channel_opts o;
+		char err[256];
+
+		memset(&o, 0, sizeof(o));
+		o.host = "127.0.0.1";
+		o.port = fx.port;
+		o.max_recv_msg = ((size_t)3 << 20) - 1;
+		fx.ch = tp_grpc_channel_new(fx.base, &o, err, sizeof(err));
+	}
+	run_call(&fx, "/t.S/Large", "x", 5000, &r);
+	ck_assert_int_eq(r.code, TP_GRPC_RESOURCE_EXHAUSTED);
 	fx_done(&fx);
 }
 END_TEST
@@ -1281,6 +1398,37 @@ START_TEST(test_chan_close_graceful)
 }
 END_TEST
 
+static void
+on_close_inside(void *arg, const struct tp_grpc_status *st, const uint8_t *msg, size_t len)
+{
+	struct result *r = arg;
+
+	on_result(arg, st, msg, len);
+	tp_grpc_channel_close(r->fx->ch, on_closed, r->fx);
+}
+
+START_TEST(test_chan_close_in_callback)
+{
+	struct fixture fx;
+	struct result a, b;
+	int countdown = 100;
+
+	fx_init(&fx, 0, 0);
+	memset(&a, 0, sizeof(a));
+	memset(&b, 0, sizeof(b));
+	a.fx = b.fx = &fx;
+	a.countdown = b.countdown = &countdown;
+	tp_grpc_call_start(fx.ch, "/t.S/Echo", NULL, 0, 5000, NULL, 0, on_close_inside, &a);
+	tp_grpc_call_start(fx.ch, "/t.S/Slow", NULL, 0, 5000, NULL, 0, on_result, &b);
+	event_base_dispatch(fx.base);
+	ck_assert(fx.closed);
+	ck_assert_int_eq(a.code, TP_GRPC_OK);
+	ck_assert_int_eq(b.code, TP_GRPC_OK);
+	ck_assert_int_eq(a.ncalls + b.ncalls, 2);
+	fx_done(&fx);
+}
+END_TEST
+
 START_TEST(test_chan_cancel_queued)
 {
 	struct fixture fx;
@@ -1296,6 +1444,72 @@ START_TEST(test_chan_cancel_queued)
 	event_base_dispatch(fx.base);
 	ck_assert(fx.closed);
 	ck_assert_int_eq(re.victim_calls, 0);
+	fx_done(&fx);
+}
+END_TEST
+
+/* --- a mixed load: every path, cancels, deadlines, a stream limit, dropped connections --- */
+
+#define MIXED_N 300
+
+struct mixed {
+	struct fixture      *fx;
+	struct tp_grpc_call *calls[MIXED_N];
+	struct result        r[MIXED_N];
+	bool                 cancelled[MIXED_N];
+	int                  countdown;
+	int                  expected;
+	struct event        *cancel_ev;
+};
+
+static void
+on_mixed_cancel(evutil_socket_t fd, short what, void *arg)
+{
+	struct mixed *m = arg;
+	int i;
+
+	for (i = 0; i < MIXED_N; i += 7) {
+		if (m->r[i].done || m->cancelled[i])
+			continue;
+		tp_grpc_call_cancel(m->calls[i]);
+		m->cancelled[i] = true;
+		if (--m->countdown == 0)
+			event_base_loopbreak(m->fx->base);
+	}
+}
+
+START_TEST(test_chan_mixed)
+{
+	static const char *const paths[] = { "/t.S/Echo", "/t.S/Slow", "/t.S/Hang", "/t.S/Refuse",
+	    "/t.S/Empty", "/t.S/Drop", "/t.S/TrailersOnly", "/t.S/Cancel", "/t.S/Big" };
+	struct fixture fx;
+	struct mixed *m = calloc(1, sizeof(*m));
+	struct timeval tv = { 0, 20000 };
+	int i;
+
+	fx_init(&fx, 3, 1024);
+	m->fx = &fx;
+	m->countdown = MIXED_N;
+	for (i = 0; i < MIXED_N; i++) {
+		m->r[i].fx = &fx;
+		m->r[i].countdown = &m->countdown;
+		m->calls[i] = tp_grpc_call_start(fx.ch, paths[(i * 5 + i / 9) % 9],
+		    (const uint8_t *)"m", 1, 100 + (i % 4) * 100, NULL, 0, on_result, &m->r[i]);
+		ck_assert_ptr_nonnull(m->calls[i]);
+	}
+	m->cancel_ev = evtimer_new(fx.base, on_mixed_cancel, m);
+	evtimer_add(m->cancel_ev, &tv);
+	event_base_dispatch(fx.base);
+	for (i = 0; i < MIXED_N; i++) {
+		if (m->cancelled[i])
+			ck_assert_int_eq(m->r[i].ncalls, 0);
+		else
+			ck_assert_msg(m->r[i].ncalls == 1, "call %d ran %d times", i, m->r[i].ncalls);
+	}
+	ck_assert_uint_eq(tp_grpc_channel_pending(fx.ch), 0);
+	ck_assert_int_le(fx.srv->peak_streams, 3);
+	event_free(m->cancel_ev);
+	free(m);
 	fx_done(&fx);
 }
 END_TEST
@@ -1375,6 +1589,44 @@ START_TEST(test_h2_keepalive_ok)
 }
 END_TEST
 
+START_TEST(test_h2_connect_timeout)
+{
+	struct fixture fx;
+	struct tp_h2_conn_opts o;
+	struct tp_h2_conn *c;
+	struct sockaddr_in sin;
+	socklen_t len = sizeof(sin);
+	char port[16];
+	int fd, i;
+
+	fx_init(&fx, 0, 0);
+	/* TCP connects (the kernel completes the handshake), nothing ever speaks HTTP/2 */
+	fd = socket(AF_INET, SOCK_STREAM, 0);
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	ck_assert_int_eq(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	ck_assert_int_eq(listen(fd, 4), 0);
+	getsockname(fd, (struct sockaddr *)&sin, &len);
+	snprintf(port, sizeof(port), "%d", ntohs(sin.sin_port));
+	memset(&o, 0, sizeof(o));
+	o.host = "127.0.0.1";
+	o.port = port;
+	o.connect_timeout_ms = 100;
+	c = tp_h2_conn_new(fx.base, NULL, &o, on_h2_notify, &fx);
+	tp_h2_conn_connect(c);
+	for (i = 0; i < 50 && tp_h2_conn_state(c) != TP_H2_CLOSED; i++)
+		event_base_dispatch(fx.base);
+	ck_assert_int_eq(tp_h2_conn_state(c), TP_H2_CLOSED);
+	ck_assert(!tp_h2_conn_was_ready(c));
+	ck_assert_msg(strstr(tp_h2_conn_error(c), "timed out after 100 ms") != NULL, "%s",
+	    tp_h2_conn_error(c));
+	tp_h2_conn_free(c);
+	close(fd);
+	fx_done(&fx);
+}
+END_TEST
+
 static Suite *
 grpc_suite(void)
 {
@@ -1404,6 +1656,7 @@ grpc_suite(void)
 	tcase_add_test(chan, test_chan_echo);
 	tcase_add_test(chan, test_chan_empty_and_status);
 	tcase_add_test(chan, test_chan_oversize);
+	tcase_add_test(chan, test_chan_large);
 	tcase_add_test(chan, test_chan_resets);
 	tcase_add_test(chan, test_chan_deadline);
 	tcase_add_test(chan, test_chan_connect_refused);
@@ -1412,7 +1665,10 @@ grpc_suite(void)
 	tcase_add_test(chan, test_chan_reentrant);
 	tcase_add_test(chan, test_chan_free_in_callback);
 	tcase_add_test(chan, test_chan_close_graceful);
+	tcase_add_test(chan, test_chan_close_in_callback);
+	tcase_add_test(chan, test_chan_mixed);
 	tcase_add_test(chan, test_chan_cancel_queued);
+	tcase_add_test(chan, test_h2_connect_timeout);
 	tcase_add_test(chan, test_h2_keepalive_timeout);
 	tcase_add_test(chan, test_h2_keepalive_ok);
 	suite_add_tcase(s, chan);

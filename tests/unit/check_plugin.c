@@ -1,0 +1,669 @@
+/* Unit tests for tp_plugin: loading and refusing plugins, the throwaway check process, and runs of
+ * plugin functions on their own threads (test plugins from tests/plugins, built as .so files). */
+#include <check.h>
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <jansson.h>
+
+#include "activity/tp_activity.h"
+#include "activity/tp_plugin.h"
+#include "core/tp_config.h"
+#include "core/tp_mem.h"
+#include "core/tp_util.h"
+
+#define PLUGIN(name) TP_TEST_BUILDDIR "/tests/plugins/" name ".so"
+#define EXAMPLE      TP_TEST_BUILDDIR "/examples/plugins/example.so"
+#define HARD_TIMEOUT_MS 20000
+
+/* ---- a run on its own event base ------------------------------------------------------------------- */
+
+struct run {
+	struct event_base    *base;
+	struct tp_plugin_run *r;
+	int                   ndone;
+	enum tp_outcome_kind  kind;
+	char                 *result;
+	char                 *type, *message;
+	bool                  non_retryable, cancelled;
+	char                 *details;
+	int                   heartbeats;
+	char                 *last_hb;
+	char                 *lines[64];
+	int                   nlines;
+	int                   all_lines;      /* lines seen, kept or not */
+	unsigned long         dropped;        /* from a "N log line(s) dropped" line */
+	int                   ticks;          /* loop timer ticks while the function ran */
+	int                   cancel_after_ms;
+	int64_t               t_start, t_cancel, t_done;
+	struct event         *ev_cancel, *ev_tick, *ev_hard;
+};
+
+static char *
+dump(json_t *v)
+{
+	return v ? json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+}
+
+static void
+on_hb(void *arg, json_t *details)
+{
+	struct run *t = arg;
+
+	t->heartbeats++;
+	free(t->last_hb);
+	t->last_hb = dump(details);
+}
+
+static void
+on_log(void *arg, const char *line, size_t len)
+{
+	struct run *t = arg;
+	unsigned long n;
+
+	if (sscanf(line, "%lu log line(s) dropped", &n) == 1)
+		t->dropped += n;
+	else
+		t->all_lines++;
+	if (t->nlines < 64)
+		t->lines[t->nlines++] = strndup(line, len);
+}
+
+static void
+on_done(void *arg, const struct tp_activity_outcome *o)
+{
+	struct run *t = arg;
+
+	t->ndone++;
+	t->t_done = tp_now_mono_ms();
+	t->kind = o->kind;
+	t->result = o->result ? strndup(o->result, o->result_len) : NULL;
+	t->type = o->type ? strdup(o->type) : NULL;
+	t->message = o->message ? strdup(o->message) : NULL;
+	t->non_retryable = o->non_retryable;
+	t->cancelled = o->cancelled;
+	t->details = dump(o->details);
+	event_base_loopbreak(t->base);
+}
+
+static void
+on_cancel_timer(evutil_socket_t fd, short what, void *arg)
+{
+	struct run *t = arg;
+
+	t->t_cancel = tp_now_mono_ms();
+	tp_plugin_cancel(t->r);
+}
+
+static void
+on_tick(evutil_socket_t fd, short what, void *arg)
+{
+	struct run *t = arg;
+
+	t->ticks++;
+}
+
+static void
+on_hard(evutil_socket_t fd, short what, void *arg)
+{
+	struct run *t = arg;
+
+	event_base_loopbreak(t->base);
+}
+
+static struct timeval
+tv_ms(int ms)
+{
+	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+	return tv;
+}
+
+static void
+run_go(struct run *t)
+{
+	struct timeval tick = tv_ms(20), hard = tv_ms(HARD_TIMEOUT_MS), c;
+
+	t->ev_tick = event_new(t->base, -1, EV_PERSIST, on_tick, t);
+	event_add(t->ev_tick, &tick);
+	t->ev_hard = evtimer_new(t->base, on_hard, t);
+	event_add(t->ev_hard, &hard);
+	if (t->cancel_after_ms > 0) {
+		c = tv_ms(t->cancel_after_ms);
+		t->ev_cancel = evtimer_new(t->base, on_cancel_timer, t);
+		event_add(t->ev_cancel, &c);
+	}
+	event_base_dispatch(t->base);
+	ck_assert_int_eq(t->ndone, 1);
+}
+
+static void
+info_init(struct tp_activity_info *info, const char *input)
+{
+	memset(info, 0, sizeof *info);
+	info->type = "T";
+	info->activity_id = "a-1";
+	info->workflow_id = "wf-1";
+	info->run_id = "run-1";
+	info->workflow_type = "WF";
+	info->task_queue = "q";
+	info->namespace_ = "default";
+	info->attempt = 2;
+	info->deadline_ms = 1234;
+	info->heartbeat_timeout_ms = 5000;
+	info->input = input;
+	info->input_len = input ? strlen(input) : 0;
+}
+
+/* Run fn (from a plugin or from this file) with input; cancel after cancel_ms (0: never). */
+static void
+run_fn(struct run *t, tp_activity_fn *fn, const struct tp_activity_info *info, int cancel_ms)
+{
+	struct tp_activity_callbacks cb = { on_hb, on_log, on_done, t };
+	char err[256] = "";
+
+	memset(t, 0, sizeof *t);
+	t->base = event_base_new();
+	t->cancel_after_ms = cancel_ms;
+	t->t_start = tp_now_mono_ms();
+	t->r = tp_plugin_start_fn(t->base, fn, info, &cb, err, sizeof err);
+	ck_assert_msg(t->r != NULL, "start: %s", err);
+	ck_assert_int_eq(tp_plugin_active(), 1);
+	run_go(t);
+	ck_assert_int_eq(tp_plugin_active(), 0);
+}
+
+static void
+run_free(struct run *t)
+{
+	if (t->ev_cancel)
+		event_free(t->ev_cancel);
+	event_free(t->ev_tick);
+	event_free(t->ev_hard);
+	event_base_free(t->base);
+	free(t->result);
+	free(t->type);
+	free(t->message);
+	free(t->details);
+	free(t->last_hb);
+	for (int i = 0; i < t->nlines; i++)
+		free(t->lines[i]);
+}
+
+static struct tp_plugin_lib *
+open_ok(const char *path)
+{
+	char err[1024] = "";
+	struct tp_plugin_lib *lib = tp_plugin_open(path, err, sizeof err);
+
+	ck_assert_msg(lib != NULL, "%s: %s", path, err);
+	return lib;
+}
+
+static tp_activity_fn *
+fn_of(struct tp_plugin_lib *lib, const char *name)
+{
+	tp_activity_fn *fn = tp_plugin_find(lib, name);
+
+	ck_assert_msg(fn != NULL, "no function %s", name);
+	return fn;
+}
+
+/* ---- loading ------------------------------------------------------------------------------------------- */
+
+START_TEST(test_open_good)
+{
+	struct tp_plugin_lib *lib = open_ok(PLUGIN("testplug"));
+	char names[256];
+
+	ck_assert_str_eq(tp_plugin_descriptor(lib)->name, "testplug");
+	ck_assert_ptr_nonnull(tp_plugin_find(lib, "echo_input"));
+	ck_assert_ptr_null(tp_plugin_find(lib, "nope"));
+	tp_plugin_names(lib, names, sizeof names);
+	ck_assert_ptr_nonnull(strstr(names, "echo_input, payloads, wait_cancel"));
+	tp_plugin_close(lib);
+	lib = open_ok(EXAMPLE);
+	ck_assert_str_eq(tp_plugin_descriptor(lib)->name, "example");
+	ck_assert_ptr_nonnull(tp_plugin_find(lib, "progress"));
+	tp_plugin_close(lib);
+}
+END_TEST
+
+static void
+refused(const char *path, const char *needle)
+{
+	char err[1024] = "";
+
+	ck_assert_ptr_null(tp_plugin_open(path, err, sizeof err));
+	ck_assert_msg(strstr(err, needle) != NULL, "%s: \"%s\" lacks \"%s\"", path, err, needle);
+}
+
+START_TEST(test_refused)
+{
+	refused(PLUGIN("bad_abi"), "built for plugin ABI version 999; this tprefork supports version 1");
+	refused(PLUGIN("bad_signature"), "build signature \"tprefork-activity/1 ptr=4");
+	refused(PLUGIN("no_symbol"), "no symbol 'tprefork_plugin'");
+	refused(PLUGIN("no_table"), "no table of activities");
+	refused(TP_TEST_BUILDDIR "/tests/plugins/does-not-exist.so", "cannot load:");
+	refused(TP_TEST_BUILDDIR "/config.h", "cannot load:");
+}
+END_TEST
+
+/* ---- configuration checks ------------------------------------------------------------------------------ */
+
+static struct tp_config *
+config_with(const char *plugins, const char *activities)
+{
+	struct tp_config_errors errs;
+	char *text = tp_xasprintf("plugins = ( %s );\nactivities = (\n%s\n);\n", plugins, activities);
+	struct tp_config *cfg = tp_config_load_string(text, "test.conf", false, &errs);
+
+	ck_assert_msg(cfg != NULL, "config: %s", errs.n ? errs.lines[0] : "?");
+	free(text);
+	return cfg;
+}
+
+static bool
+has_line(const struct tp_config_errors *e, const char *a, const char *b)
+{
+	for (size_t i = 0; i < e->n; i++)
+		if (strstr(e->lines[i], a) && (b == NULL || strstr(e->lines[i], b)))
+			return true;
+	return false;
+}
+
+START_TEST(test_check_good)
+{
+	struct tp_config *cfg = config_with("\"" PLUGIN("testplug") "\", \"" EXAMPLE "\"",
+	    "{ type = \"A\"; plugin = \"testplug\"; function = \"echo_input\"; },\n"
+	    "{ type = \"B\"; plugin = \"example.so\"; function = \"primes\"; },\n"
+	    "{ type = \"echo\"; plugin = \"" EXAMPLE "\"; }");
+	struct tp_config_errors errs = { NULL, 0 };
+
+	ck_assert_int_eq(tp_plugin_check_config(cfg, 0, &errs), 0);
+	ck_assert_int_eq((int)errs.n, 0);
+	ck_assert_str_eq(cfg->activities[2].function, "echo");
+	tp_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_check_refuses)
+{
+	struct tp_config *cfg = config_with(
+	    "\"" PLUGIN("bad_abi") "\",\n \"" PLUGIN("testplug") "\",\n \"" PLUGIN("no_symbol") "\"",
+	    "{ type = \"A\"; plugin = \"testplug\"; function = \"nope\"; },\n"
+	    "{ type = \"B\"; plugin = \"bad_abi\"; function = \"nothing\"; }");
+	struct tp_config_errors errs = { NULL, 0 };
+	int n = tp_plugin_check_config(cfg, 0, &errs);
+
+	for (size_t i = 0; i < errs.n; i++)
+		fprintf(stderr, "check: %s\n", errs.lines[i]);
+	ck_assert_int_eq(n, 3);
+	ck_assert(has_line(&errs, "test.conf:1: plugin '" PLUGIN("bad_abi") "' refused", "ABI version 999"));
+	ck_assert(has_line(&errs, "plugin '" PLUGIN("no_symbol") "' refused", "no symbol"));
+	ck_assert(has_line(&errs, "test.conf:5: activity 'A': plugin 'testplug' has no function 'nope'",
+	    "(it has: echo_input, payloads"));
+	tp_config_errors_free(&errs);
+	tp_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_check_crash_and_hang)
+{
+	struct tp_config *cfg = config_with("\"" PLUGIN("crash_on_load") "\"",
+	    "{ type = \"A\"; plugin = \"crash_on_load\"; function = \"nothing\"; }");
+	struct tp_config_errors errs = { NULL, 0 };
+	int64_t t0;
+
+	ck_assert_int_eq(tp_plugin_check_config(cfg, 0, &errs), 1);
+	ck_assert_msg(has_line(&errs, "plugin '" PLUGIN("crash_on_load") "' refused: crashed while "
+	    "loading: signal 11", NULL), "%s", errs.lines[0]);
+	tp_config_errors_free(&errs);
+	tp_config_free(cfg);
+
+	cfg = config_with("\"" PLUGIN("hang_on_load") "\"",
+	    "{ type = \"A\"; plugin = \"hang_on_load\"; function = \"nothing\"; }");
+	t0 = tp_now_mono_ms();
+	ck_assert_int_eq(tp_plugin_check_config(cfg, 300, &errs), 1);
+	ck_assert_int_lt(tp_now_mono_ms() - t0, 3000);
+	ck_assert_msg(has_line(&errs, "did not finish loading within 300 ms", NULL), "%s", errs.lines[0]);
+	tp_config_errors_free(&errs);
+	tp_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_config_plugin_names)
+{
+	struct tp_config_errors errs;
+	struct tp_config *cfg;
+
+	cfg = tp_config_load_string("plugins = ( \"" PLUGIN("testplug") "\" );\n"
+	    "activities = ( { type = \"A\"; plugin = \"other\"; } );\n", "t.conf", false, &errs);
+	ck_assert_ptr_null(cfg);
+	ck_assert_int_eq((int)errs.n, 1);
+	ck_assert_str_eq(errs.lines[0], "t.conf:2: activity 'A': plugin 'other' is not one of 'plugins'");
+	tp_config_errors_free(&errs);
+	cfg = tp_config_load_string("plugins = ( \"/nonexistent/x.so\" );\n"
+	    "activities = ( { type = \"A\"; plugin = \"x\"; cwd = \"/\"; } );\n", "t.conf", false, &errs);
+	ck_assert_ptr_null(cfg);
+	ck_assert(has_line(&errs, "t.conf:1: plugin '/nonexistent/x.so': No such file", NULL));
+	ck_assert(has_line(&errs, "t.conf:2: activity 'A': 'cwd' applies to exec activities only", NULL));
+	tp_config_errors_free(&errs);
+}
+END_TEST
+
+START_TEST(test_load_config_and_start)
+{
+	struct tp_config *cfg = config_with("\"" PLUGIN("testplug") "\"",
+	    "{ type = \"A\"; plugin = \"testplug\"; function = \"echo_input\"; },\n"
+	    "{ type = \"B\"; plugin = \"testplug\"; function = \"missing\"; }");
+	struct tp_config_errors errs = { NULL, 0 };
+	struct tp_activity_callbacks cb;
+	struct tp_activity_info info;
+	struct run t;
+	char err[256] = "";
+
+	ck_assert_int_eq(tp_plugin_load_config(cfg, &errs), 1);
+	ck_assert(has_line(&errs, "has no function 'missing'", NULL));
+	tp_config_errors_free(&errs);
+	info_init(&info, "[1,\"two\"]");
+	memset(&t, 0, sizeof t);
+	t.base = event_base_new();
+	cb = (struct tp_activity_callbacks){ on_hb, on_log, on_done, &t };
+	ck_assert_ptr_null(tp_plugin_start(t.base, &cfg->activities[1], &info, &cb, err, sizeof err));
+	ck_assert_ptr_nonnull(strstr(err, "has no function 'missing'"));
+	t.r = tp_plugin_start(t.base, &cfg->activities[0], &info, &cb, err, sizeof err);
+	ck_assert_msg(t.r != NULL, "%s", err);
+	ck_assert_int_eq(tp_plugin_unload_all(), -1);  /* a run is active */
+	run_go(&t);
+	ck_assert_int_eq(t.kind, TP_OUTCOME_COMPLETED);
+	ck_assert_str_eq(t.result, "[1,\"two\"]");
+	ck_assert_int_eq(tp_plugin_unload_all(), 0);
+	run_free(&t);
+	tp_config_free(cfg);
+}
+END_TEST
+
+/* ---- runs ----------------------------------------------------------------------------------------------- */
+
+static pthread_t main_thread, fn_thread;
+
+static void
+slow_fn(tp_activity_handle *h)
+{
+	fn_thread = pthread_self();
+	tp_activity_sleep(h, 300);
+	tp_activity_set_result(h, "\"slept\"");
+}
+
+START_TEST(test_runs_on_own_thread)
+{
+	struct tp_activity_info info;
+	struct run t;
+
+	main_thread = pthread_self();
+	info_init(&info, "[]");
+	run_fn(&t, slow_fn, &info, 0);
+	ck_assert(!pthread_equal(main_thread, fn_thread));
+	ck_assert_int_eq(t.kind, TP_OUTCOME_COMPLETED);
+	ck_assert_str_eq(t.result, "\"slept\"");
+	ck_assert_msg(t.ticks >= 5, "the loop ticked only %d times in 300 ms", t.ticks);
+	ck_assert_int_ge(t.t_done - t.t_start, 290);
+	run_free(&t);
+}
+END_TEST
+
+START_TEST(test_info_and_payloads)
+{
+	struct tp_plugin_lib *lib = open_ok(PLUGIN("testplug"));
+	struct tp_activity_payload p[2] = { { "\"a\"", 3, "json/plain" }, { "raw\001", 4, "binary/plain" } };
+	struct tp_activity_info info;
+	struct run t;
+
+	info_init(&info, NULL);
+	info.heartbeat_details = "{\"done\":3}";
+	info.payloads = p;
+	info.npayloads = 2;
+	run_fn(&t, fn_of(lib, "info"), &info, 0);
+	ck_assert_str_eq(t.result, "{\"activity_type\":\"T\",\"activity_id\":\"a-1\",\"workflow_id\":\"wf-1\","
+	    "\"workflow_run_id\":\"run-1\",\"workflow_type\":\"WF\",\"task_queue\":\"q\","
+	    "\"namespace\":\"default\",\"attempt\":2,\"deadline_ms\":1234,\"heartbeat_timeout_ms\":5000,"
+	    "\"heartbeat_details\":\"{\\\"done\\\":3}\"}");
+	run_free(&t);
+	run_fn(&t, fn_of(lib, "payloads"), &info, 0);
+	ck_assert_str_eq(t.result, "[{\"encoding\":\"json/plain\",\"len\":3,\"text\":\"\\\"a\\\"\"},"
+	    "{\"encoding\":\"binary/plain\",\"len\":4,\"text\":\"raw\\u0001\"},true]");
+	run_free(&t);
+	tp_plugin_close(lib);
+}
+END_TEST
+
+START_TEST(test_heartbeats_coalesce)
+{
+	struct tp_plugin_lib *lib = open_ok(PLUGIN("testplug"));
+	struct tp_activity_info info;
+	struct run t;
+
+	info_init(&info, "[200000, 0]");
+	run_fn(&t, fn_of(lib, "hb_storm"), &info, 0);
+	ck_assert_int_eq(t.kind, TP_OUTCOME_COMPLETED);
+	ck_assert_str_eq(t.result, "{\"records\":200000}");
+	ck_assert_str_eq(t.last_hb, "{\"n\":200000}");  /* the newest details always arrive */
+	ck_assert_int_ge(t.heartbeats, 1);
+	ck_assert_msg(t.heartbeats < 200000, "%d heartbeats reached the loop", t.heartbeats);
+	fprintf(stderr, "hb_storm: 200000 records -> %d loop wake-ups with details\n", t.heartbeats);
+	run_free(&t);
+	tp_plugin_close(lib);
+}
+END_TEST
+
+START_TEST(test_cancel_reaches_function)
+{
+	struct tp_plugin_lib *lib = open_ok(PLUGIN("testplug"));
+	char marker[] = "/tmp/tp-plugin-test-XXXXXX", text[128] = "";
+	struct tp_activity_info info;
+	struct run t;
+	char *input;
+	FILE *f;
+	int fd = mkstemp(marker);
+
+	ck_assert_int_ge(fd, 0);
+	close(fd);
+	input = tp_xasprintf("[\"%s\", 1000, 20000]", marker);
+	info_init(&info, input);
+	run_fn(&t, fn_of(lib, "wait_cancel"), &info, 200);
+	ck_assert_int_eq(t.kind, TP_OUTCOME_FAILED);
+	ck_assert_str_eq(t.type, "Cancelled");
+	ck_assert(t.cancelled);
+	ck_assert_msg(t.t_done - t.t_cancel < 200, "done %lld ms after the cancel",
+	    (long long)(t.t_done - t.t_cancel));
+	f = fopen(marker, "r");
+	ck_assert_ptr_nonnull(f);
+	ck_assert_ptr_nonnull(fgets(text, sizeof text, f));
+	fclose(f);
+	ck_assert_msg(strstr(text, " sleep") != NULL, "marker: %s", text);
+	ck_assert_str_eq(t.last_hb, "{\"i\":0}");
+	unlink(marker);
+	free(input);
+	run_free(&t);
+	tp_plugin_close(lib);
+}
+END_TEST
+
+START_TEST(test_cancel_ignored)
+{
+	struct tp_plugin_lib *lib = open_ok(PLUGIN("testplug"));
+	struct tp_activity_info info;
+	struct run t;
+
+	info_init(&info, "[400]");
+	run_fn(&t, fn_of(lib, "ignore_cancel"), &info, 50);
+	/* A thread cannot be stopped: done comes when the function returns, with its outcome. */
+	ck_assert_int_ge(t.t_done - t.t_start, 390);
+	ck_assert_int_eq(t.kind, TP_OUTCOME_COMPLETED);
+	ck_assert_str_eq(t.result, "{\"saw_cancel\":true}");
+	ck_assert(t.cancelled);
+	run_free(&t);
+	tp_plugin_close(lib);
+}
+END_TEST
+
+START_TEST(test_failure_and_api_errors)
+{
+	struct tp_plugin_lib *lib = open_ok(PLUGIN("testplug"));
+	static const char *const want[] = { "heartbeat_bad_json=-2", "heartbeat_null=0", "heartbeat_ok=0",
+		"result_bad_json=-2", "failure_bad_details=-2", "cancelled=0", "sleep=0", "result_ok=0",
+		"result_again=-3", "failure_after_result=-3" };
+	struct tp_activity_info info;
+	struct run t;
+
+	info_init(&info, "[\"MyError\", \"it broke\", true, [1, {\"k\": \"v\"}]]");
+	run_fn(&t, fn_of(lib, "fail_typed"), &info, 0);
+	ck_assert_int_eq(t.kind, TP_OUTCOME_FAILED);
+	ck_assert_str_eq(t.type, "MyError");
+	ck_assert_str_eq(t.message, "it broke");
+	ck_assert(t.non_retryable);
+	ck_assert(!t.cancelled);
+	ck_assert_str_eq(t.details, "[1,{\"k\":\"v\"}]");
+	run_free(&t);
+
+	info_init(&info, "[null, null, false]");
+	run_fn(&t, fn_of(lib, "fail_typed"), &info, 0);
+	ck_assert_str_eq(t.type, "PluginFailed");
+	ck_assert_str_eq(t.message, "");
+	ck_assert_ptr_null(t.details);
+	run_free(&t);
+
+	info_init(&info, "[]");
+	run_fn(&t, fn_of(lib, "api_checks"), &info, 0);
+	ck_assert_int_eq(t.nlines, 10);
+	for (int i = 0; i < 10; i++)
+		ck_assert_str_eq(t.lines[i], want[i]);
+	ck_assert_int_eq(t.kind, TP_OUTCOME_COMPLETED);
+	ck_assert_str_eq(t.result, " 1 ");
+	ck_assert_str_eq(t.last_hb, "{\"x\":1}");
+	run_free(&t);
+	tp_plugin_close(lib);
+}
+END_TEST
+
+START_TEST(test_log_queue_bounded)
+{
+	struct tp_plugin_lib *lib = open_ok(PLUGIN("testplug"));
+	struct tp_activity_info info;
+	struct run t;
+
+	info_init(&info, "[5000]");
+	run_fn(&t, fn_of(lib, "log_lines"), &info, 0);
+	/* Every line either reached the loop or was counted as dropped; the queue stays bounded. */
+	ck_assert_int_eq(t.kind, TP_OUTCOME_COMPLETED);
+	ck_assert_ptr_null(t.result);
+	ck_assert_int_ge(t.all_lines, 1);
+	ck_assert_int_eq((long)t.all_lines + (long)t.dropped, 5000);
+	ck_assert_str_eq(t.lines[0], "line 1");
+	fprintf(stderr, "log_lines: 5000 lines -> %d delivered, %lu dropped\n", t.all_lines, t.dropped);
+	run_free(&t);
+	tp_plugin_close(lib);
+}
+END_TEST
+
+static void
+returns_nothing_fn(tp_activity_handle *h)
+{
+	(void)h;
+}
+
+START_TEST(test_no_outcome_completes_empty)
+{
+	struct tp_activity_info info;
+	struct run t;
+
+	info_init(&info, "[]");
+	run_fn(&t, returns_nothing_fn, &info, 0);
+	ck_assert_int_eq(t.kind, TP_OUTCOME_COMPLETED);
+	ck_assert_ptr_null(t.result);
+	ck_assert(!t.cancelled);
+	run_free(&t);
+}
+END_TEST
+
+/* ---- the example plugin --------------------------------------------------------------------------------- */
+
+START_TEST(test_example_progress_resumes)
+{
+	struct tp_plugin_lib *lib = open_ok(EXAMPLE);
+	struct tp_activity_info info;
+	struct run t;
+
+	info_init(&info, "[5, 10]");
+	info.heartbeat_details = "{\"done\":3}";
+	run_fn(&t, fn_of(lib, "progress"), &info, 0);
+	ck_assert_int_eq(t.kind, TP_OUTCOME_COMPLETED);
+	ck_assert_str_eq(t.result, "{\"steps\":5,\"resumed_from\":3,\"attempt\":2}");
+	ck_assert_str_eq(t.last_hb, "{\"done\":5}");
+	run_free(&t);
+	info_init(&info, "[1000, 10]");
+	run_fn(&t, fn_of(lib, "progress"), &info, 100);
+	ck_assert_int_eq(t.kind, TP_OUTCOME_FAILED);
+	ck_assert(t.cancelled);
+	run_free(&t);
+	info_init(&info, "[100000]");
+	run_fn(&t, fn_of(lib, "primes"), &info, 0);
+	ck_assert_str_eq(t.result, "9592");
+	run_free(&t);
+	info_init(&info, "[\"nope\", true]");
+	run_fn(&t, fn_of(lib, "fail"), &info, 0);
+	ck_assert_str_eq(t.type, "ExampleError");
+	ck_assert_str_eq(t.message, "nope");
+	ck_assert(t.non_retryable);
+	ck_assert_str_eq(t.details, "[{\"input\":[\"nope\",true]}]");
+	run_free(&t);
+	tp_plugin_close(lib);
+}
+END_TEST
+
+static Suite *
+plugin_suite(void)
+{
+	Suite *s = suite_create("plugin");
+	TCase *tc = tcase_create("core");
+
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, test_open_good);
+	tcase_add_test(tc, test_refused);
+	tcase_add_test(tc, test_check_good);
+	tcase_add_test(tc, test_check_refuses);
+	tcase_add_test(tc, test_check_crash_and_hang);
+	tcase_add_test(tc, test_config_plugin_names);
+	tcase_add_test(tc, test_load_config_and_start);
+	tcase_add_test(tc, test_runs_on_own_thread);
+	tcase_add_test(tc, test_info_and_payloads);
+	tcase_add_test(tc, test_heartbeats_coalesce);
+	tcase_add_test(tc, test_cancel_reaches_function);
+	tcase_add_test(tc, test_cancel_ignored);
+	tcase_add_test(tc, test_failure_and_api_errors);
+	tcase_add_test(tc, test_log_queue_bounded);
+	tcase_add_test(tc, test_no_outcome_completes_empty);
+	tcase_add_test(tc, test_example_progress_resumes);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int
+main(void)
+{
+	SRunner *sr = srunner_create(plugin_suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
