@@ -41,7 +41,9 @@ append_payload_json(struct tp_buf *b, const tp_payload *p, size_t idx, char *err
 		    "(supported: json/plain, json/protobuf, binary/null)", idx + 1, enc);
 		return -1;
 	}
-	check = json_loadb((const char *)p->data.data, p->data.len, JSON_DECODE_ANY, &jerr);
+	/* Only validated (the bytes go through verbatim): integers beyond 64 bits are valid JSON. */
+	check = json_loadb((const char *)p->data.data, p->data.len,
+	    JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL, &jerr);
 	if (check == NULL) {
 		snprintf(err, errlen, "argument %zu is not valid JSON: %s", idx + 1, jerr.text);
 		return -1;
@@ -142,7 +144,7 @@ tp_pb_payloads_from_json_text(const char *text, size_t len, char *err, size_t er
 	}
 	while (len > 0 && is_space(text[len - 1]))
 		len--;
-	check = json_loadb(text, len, JSON_DECODE_ANY, &jerr);
+	check = json_loadb(text, len, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL, &jerr);
 	if (check == NULL) {
 		snprintf(err, errlen, "not one JSON document: %s (line %d, column %d)", jerr.text,
 		    jerr.line, jerr.column);
