@@ -198,14 +198,26 @@ signal_child(struct tp_child *c, int sig)
 		tp_log_warn("kill(%ld, %d)", (long)c->pid, sig);
 }
 
-/* First USR1: drain. Second: cancel running activities. */
+/* Level 1: drain (SIGUSR1). Level 2: also cancel running activities, by a Stop message: a second
+ * SIGUSR1 sent right after the first may be merged with it by the kernel. */
 static void
 drain_child(struct tp_child *c, int level)
 {
-	while (c->usr1_sent < level) {
-		c->usr1_sent++;
+	if (c->usr1_sent < 1 && level >= 1) {
+		c->usr1_sent = 1;
 		c->state = TP_CHILD_DRAINING;
 		signal_child(c, SIGUSR1);
+	}
+	if (c->usr1_sent < 2 && level >= 2) {
+		Tprefork__Channel__V1__Stop st = TPREFORK__CHANNEL__V1__STOP__INIT;
+		tp_envelope env = TPREFORK__CHANNEL__V1__ENVELOPE__INIT;
+
+		c->usr1_sent = 2;
+		st.cancel = 1;
+		env.msg_case = TPREFORK__CHANNEL__V1__ENVELOPE__MSG_STOP;
+		env.stop = &st;
+		if (tp_channel_send(c->ch, &env) != 0)
+			signal_child(c, SIGUSR1);
 	}
 }
 

@@ -916,7 +916,13 @@ on_channel_msg(void *arg, const tp_envelope *m)
 {
 	struct worker *w = arg;
 
-	/* After the configuration the master only sends backpressure; anything else is ignored. */
+	if (m->msg_case == TPREFORK__CHANNEL__V1__ENVELOPE__MSG_STOP) {
+		begin_drain(w);
+		if (m->stop->cancel)
+			cancel_all(w);
+		return;
+	}
+	/* Otherwise the master only sends backpressure; anything else is ignored. */
 	if (m->msg_case != TPREFORK__CHANNEL__V1__ENVELOPE__MSG_BACKPRESSURE ||
 	    w->paused == m->backpressure->pause)
 		return;

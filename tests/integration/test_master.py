@@ -473,3 +473,83 @@ def test_systemd_notifications(server, tprefork, tmp_path):
     sock.close()
     seq = [g for g in got if g in ("READY=1", "RELOADING=1", "STOPPING=1")]
     assert seq == ["RELOADING=1", "READY=1", "STOPPING=1"], seq
+
+
+# ---- fast stop, log reopening, privileges, restart-only settings ----------------------------------
+
+@pytest.mark.parametrize("how", ["quit", "second_term"])
+def test_fast_stop_cancels_and_reports_worker_shutdown(server, tprefork, tmp_path, how):
+    md = tmp_path / "markers"
+    md.mkdir()
+    cfg = {"workers": {"count": 1, "shutdown_timeout": 60, "cancel_grace": 3},
+           "activities": [sleeper(md, kill_grace=1)]}
+    tp = tprefork(cfg, wait_ready=True)
+    h = start_workflow(server, [activity_spec("Sleep", [60, {"fast_retry": True}], tp.task_queue,
+                                              activity_id=f"f{i}", start_to_close_s=120, max_attempts=0,
+                                              initial_interval_s=1) for i in range(2)])
+    wait_until(lambda: len(markers(md, "f*.1.start")) == 2, 30, "activities running")
+    t0 = time.monotonic()
+    if how == "quit":
+        tp.signal(signal.SIGQUIT)
+    else:
+        tp.signal(signal.SIGTERM)
+        tp.wait_log(r"graceful stop", timeout=5)
+        tp.signal(signal.SIGTERM)
+    rc = tp.wait_exit(20)
+    stop_s = time.monotonic() - t0
+    print(f"\nFIGURES fast stop ({how}): exit={rc} after {stop_s:.2f}s (cancel_grace 3 s, shutdown_timeout 60 s)")
+    assert rc == 0
+    assert stop_s < 3.5, f"a fast stop took {stop_s:.2f} s"
+    # The worker itself reported each cancelled activity as a retryable WorkerShutdown failure.
+    assert len(re.findall(r"Sleep id=f\d attempt=1: failed: WorkerShutdown", tp.log())) == 2, tp.log()
+    cfg["temporal"] = {"task_queue": tp.task_queue}
+    tprefork(cfg, wait_ready=True)
+    assert workflow_result(server, h) == [{"ok": {"attempt": 2, "slept": 60}}] * 2
+
+
+def test_usr2_reopens_log_files(server, tprefork, tmp_path):
+    log = tmp_path / "tp.log"
+    tp = tprefork({"workers": {"count": 2}, "log": {"level": "info", "file": str(log)},
+                   "activities": [exec_activity("Echo", "echo.py")]})
+    wait_until(lambda: log.exists() and "master ready" in log.read_text(), 20, "master ready in the log file")
+    rotated = tmp_path / "tp.log.1"
+    log.rename(rotated)
+    tp.signal(signal.SIGUSR2)
+    wait_until(log.exists, 10, "a new log file")
+    tp.signal(signal.SIGTERM)
+    assert tp.wait_exit(20) == 0
+    text = log.read_text()
+    assert "master: master exiting" in text
+    assert re.search(r"worker [01] gen 1: drained", text), "the children did not reopen their log"
+    assert "master exiting" not in rotated.read_text()
+
+
+def test_children_drop_privileges(server, tprefork):
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    tp = tprefork({"user": "nobody", "workers": {"count": 1}, "activities": [exec_activity("True", "/bin/true")]},
+                  wait_ready=True)
+    (child,) = worker_pids(tp.pid)
+    status = Path(f"/proc/{child}/status").read_text()
+    uids = re.search(r"^Uid:\s+(\d+)\s+(\d+)\s+(\d+)", status, re.M).groups()
+    gids = re.search(r"^Gid:\s+(\d+)\s+(\d+)\s+(\d+)", status, re.M).groups()
+    assert uids == (str(nobody.pw_uid),) * 3, uids
+    assert gids == (str(nobody.pw_gid),) * 3, gids
+    assert os.stat(f"/proc/{tp.pid}").st_uid == 0, "the master keeps its user"
+    assert server.run_workflow([activity_spec("True", [], tp.task_queue)]) == [{"ok": None}]
+
+
+def test_reload_keeps_restart_only_settings(server, tprefork, tmp_path):
+    tp = tprefork({"workers": {"count": 1}, "activities": [exec_activity("Echo", "echo.py")]}, wait_ready=True)
+    old_pidfile = tp.config["pidfile"]
+    tp.config_path.write_text(to_libconfig(deep_merge(tp.config, {"pidfile": str(tmp_path / "other.pid")})))
+    since = tp.log_size()
+    tp.signal(signal.SIGHUP)
+    tp.wait_log(rf"reload: 'pidfile' changes only with a restart; keeping \"{re.escape(old_pidfile)}\"",
+                since=since, timeout=10)
+    tp.wait_log(r"generation 2 ready", since=since, timeout=20)
+    assert Path(old_pidfile).read_text() == f"{tp.pid}\n"
+    assert not (tmp_path / "other.pid").exists()
+    tp.signal(signal.SIGTERM)
+    assert tp.wait_exit(20) == 0
+    assert not Path(old_pidfile).exists()
