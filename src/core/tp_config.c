@@ -586,11 +586,19 @@ static void
 parse_root(struct ctx *c, const config_setting_t *root)
 {
 	static const char *const keys[] = { "temporal", "workers", "log", "journal", "pidfile",
-		"user", "group", "plugins", "activities", NULL };
+		"user", "group", "plugins", "activities", "status", NULL };
 	struct tp_config *cfg = c->cfg;
 	const config_setting_t *s;
 
 	check_keys(c, root, "", keys);
+	s = member(root, "status");
+	if (s && config_setting_is_group(s)) {
+		static const char *const skeys[] = { "listen", NULL };
+		check_keys(c, s, "status", skeys);
+		get_str(c, s, "listen", &cfg->status_listen);
+	} else if (s) {
+		errf(c, line_of(s), "'status' must be a group { listen = \"127.0.0.1:9233\"; }");
+	}
 	parse_temporal(c, member(root, "temporal"));
 	parse_workers(c, member(root, "workers"));
 	parse_log(c, member(root, "log"));
@@ -837,6 +845,7 @@ tp_config_free(struct tp_config *cfg)
 	free(cfg->log_file);
 	free(cfg->journal_path);
 	free(cfg->pidfile);
+	free(cfg->status_listen);
 	free(cfg->user);
 	free(cfg->group);
 	free(cfg);

@@ -77,6 +77,7 @@ struct tp_config {
 	int    journal_sync;         /* synchronous: 0 off, 1 normal, 2 full (tp_journal_sync) */
 	long   journal_memory_cap;   /* bytes of undelivered reports the master holds in memory */
 	char  *pidfile;
+	char  *status_listen;        /* status endpoint "host:port"; NULL: none */
 	char  *user;
 	char  *group;
 

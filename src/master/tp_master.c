@@ -28,6 +28,7 @@
 #include "master/tp_durable.h"
 #include "master/tp_pidfile.h"
 #include "master/tp_proc.h"
+#include "master/tp_status.h"
 #include "temporal/tp_pb.h"
 #include "temporal/tp_temporal.h"
 #include "transport/tp_grpc.h"
@@ -76,6 +77,12 @@ struct master {
 	struct event       *sigs[10];
 	int                 nsigs;
 	int                 exit_status;
+	struct tp_status   *status;            /* the /status and /metrics endpoint, or NULL */
+	uint64_t            done_completed;    /* counters of children that have exited */
+	uint64_t            done_failed;
+	uint64_t            done_cancelled;
+	uint64_t            child_restarts;
+	uint64_t            tasks_failed_by_master;
 };
 
 static void reconcile(struct master *m);
@@ -117,6 +124,7 @@ fail_child_tasks(struct master *m, struct tp_child *c, const char *type, const c
 
 		snprintf(msg, sizeof(msg), "%s; activity %s (id %s, attempt %d) will be retried", why,
 		    r->activity_type, r->activity_id, r->attempt);
+		m->tasks_failed_by_master++;
 		if (tp_durable_fail_task(m->dur, &r->token, type, msg))
 			tp_log_warnx("failing task of worker %d (pid %ld): %s %s attempt %d: %s", c->index,
 			    (long)c->pid, r->activity_type, r->activity_id, r->attempt, type);
@@ -181,6 +189,9 @@ child_unlink(struct master *m, struct tp_child *c)
 	if (c->next)
 		c->next->prev = c->prev;
 	m->nchildren--;
+	m->done_completed += c->stats.completed;
+	m->done_failed += c->stats.failed;
+	m->done_cancelled += c->stats.cancelled;
 	tp_channel_free(c->ch);
 	free(c->ref);
 	while (c->tasks) {
@@ -470,6 +481,8 @@ child_exited(struct master *m, struct tp_child *c, int status)
 		fail_child_tasks(m, c, c->killed && m->state != M_RUNNING ? "WorkerShutdown"
 		    : "WorkerCrashed", why);
 	}
+	if (!expected)
+		m->child_restarts++;
 	if (!expected || (!clean && !c->recycle))
 		schedule_respawn(m, c);
 	child_unlink(m, c);
@@ -808,6 +821,69 @@ daemonize(bool log_to_file)
 	return 0;
 }
 
+/* ---- the status endpoint's snapshot --------------------------------------------------------- */
+
+static const char *
+child_state_name(enum tp_child_state st)
+{
+	switch (st) {
+	case TP_CHILD_STARTING: return "starting";
+	case TP_CHILD_READY:    return "ready";
+	default:                return "draining";
+	}
+}
+
+static void
+status_fill_child(struct tp_status_child *sc, const struct tp_child *c)
+{
+	struct tp_status_task *tasks = tp_xcalloc((size_t)c->ntasks + 1, sizeof(*tasks));
+	size_t n = 0;
+
+	for (const struct tp_task_rec *r = c->tasks; r && n < (size_t)c->ntasks; r = r->next, n++)
+		tasks[n] = (struct tp_status_task){ r->activity_type, r->activity_id, r->workflow_id,
+			r->attempt, r->started_ms };
+	*sc = (struct tp_status_child){ (long)c->pid, c->index, c->generation,
+		child_state_name(c->state), c->stats.polls_open, c->ntasks, c->stats.completed,
+		c->stats.failed, c->stats.cancelled, tasks, n };
+}
+
+static void
+status_fill(void *arg, struct tp_status_snapshot *s)
+{
+	struct master *m = arg;
+	struct tp_status_child *children = tp_xcalloc((size_t)m->nchildren + 1, sizeof(*children));
+	size_t n = 0;
+
+	s->state = m->state == M_RUNNING ? "running" : m->state == M_STOPPING ? "stopping" : "closing";
+	s->generation = m->generation;
+	s->workers_wanted = m->count;
+	s->slots_per_worker = m->cfg->max_concurrent;
+	s->task_queue = m->cfg->task_queue;
+	s->namespace_ = m->cfg->namespace_;
+	s->completed = m->done_completed;
+	s->failed = m->done_failed;
+	s->cancelled = m->done_cancelled;
+	s->child_restarts = m->child_restarts;
+	s->tasks_failed_by_master = m->tasks_failed_by_master;
+	for (const struct tp_child *c = m->children; c && n < (size_t)m->nchildren; c = c->next) {
+		status_fill_child(&children[n], c);
+		s->completed += c->stats.completed;
+		s->failed += c->stats.failed;
+		s->cancelled += c->stats.cancelled;
+		n++;
+	}
+	s->children = children;
+	s->nchildren = n;
+}
+
+static void
+status_done(void *arg, struct tp_status_snapshot *s)
+{
+	for (size_t i = 0; i < s->nchildren; i++)
+		free((void *)s->children[i].inflight);
+	free((void *)s->children);
+}
+
 static void
 master_free(struct master *m)
 {
@@ -815,6 +891,7 @@ master_free(struct master *m)
 
 	while (m->children)
 		child_unlink(m, m->children);
+	tp_status_free(m->status);
 	tp_durable_free(m->dur);
 	tp_temporal_free(m->tc);
 	/* Step 8: the journal last, checkpointed. */
@@ -916,6 +993,15 @@ master_init(struct master *m, const struct tp_master_opts *o)
 	}
 	if (open_journal(m) != 0)
 		return -1;
+	if (m->cfg->status_listen) {
+		struct tp_status_source src = { status_fill, status_done, m };
+		m->status = tp_status_new(m->base, m->cfg->status_listen, &src, err, sizeof(err));
+		if (m->status == NULL) {
+			tp_log_error("status endpoint: %s", err);
+			return -1;
+		}
+		tp_log_info("status endpoint on http://%s/status and /metrics", m->cfg->status_listen);
+	}
 	resize_slots(m, m->cfg->count);
 	m->tick_ev = evtimer_new(m->base, on_tick, m);
 	m->cancel_ev = evtimer_new(m->base, on_cancel_timer, m);

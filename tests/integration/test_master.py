@@ -553,3 +553,45 @@ def test_reload_keeps_restart_only_settings(server, tprefork, tmp_path):
     tp.signal(signal.SIGTERM)
     assert tp.wait_exit(20) == 0
     assert not Path(old_pidfile).exists()
+
+
+# ---- status endpoint ------------------------------------------------------------------------------
+
+def test_status_endpoint(server, tprefork, tmp_path):
+    import json
+    import urllib.request
+    from helpers import free_port
+    md = tmp_path / "markers"
+    md.mkdir()
+    port = free_port()
+    tp = tprefork({"status": {"listen": f"127.0.0.1:{port}"}, "workers": {"count": 2},
+                   "activities": [sleeper(md), exec_activity("Echo", "echo.py")]}, wait_ready=True)
+    assert server.run_workflow([activity_spec("Echo", [i], tp.task_queue) for i in range(3)]) == \
+        [{"ok": i} for i in range(3)]
+    h = start_workflow(server, [activity_spec("Sleep", [3], tp.task_queue, activity_id="busy", max_attempts=1)])
+    wait_until(lambda: markers(md, "busy.1.start"), 30, "a running activity")
+
+    def get(path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.headers.get("Content-Type"), r.read().decode()
+
+    ctype, body = get("/status")
+    st = json.loads(body)
+    assert ctype == "application/json"
+    assert st["state"] == "running" and st["generation"] == 1 and st["workers"] == 2
+    assert {c["pid"] for c in st["children"]} == set(worker_pids(tp.pid))
+    inflight = [t for c in st["children"] for t in c["inflight"]]
+    assert [(t["activity_type"], t["activity_id"], t["attempt"]) for t in inflight] == [("Sleep", "busy", 1)]
+
+    def completed():
+        _, text = get("/metrics")
+        m = re.search(r'^tprefork_activities_total\{outcome="completed"\} (\d+)$', text, re.M)
+        return text if m and int(m.group(1)) >= 3 else None
+    text = wait_until(completed, 10, "the children's counters (sent every second)")
+    assert re.search(r'^temporal_worker_task_slots_used\{worker_type="ActivityWorker"\} 1$', text, re.M), text
+    assert re.search(r'^temporal_worker_task_slots_available\{worker_type="ActivityWorker"\} 15$', text, re.M)
+    assert re.search(r"^tprefork_workers 2$", text, re.M)
+    with pytest.raises(urllib.error.HTTPError) as e:
+        get("/nope")
+    assert e.value.code == 404
+    assert workflow_result(server, h) == [{"ok": {"attempt": 1, "slept": 3}}]

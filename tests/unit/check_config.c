@@ -307,6 +307,24 @@ START_TEST(journal_settings)
 }
 END_TEST
 
+START_TEST(status_listen)
+{
+	struct tp_config_errors errs;
+	struct tp_config *cfg = load(MIN_ACT "status = { listen = \"127.0.0.1:9233\"; };\n", &errs);
+	char *e;
+
+	ck_assert_ptr_nonnull(cfg);
+	ck_assert_str_eq(cfg->status_listen, "127.0.0.1:9233");
+	tp_config_free(cfg);
+	cfg = load(MIN_ACT, &errs);
+	ck_assert_ptr_null(cfg->status_listen);
+	tp_config_free(cfg);
+	e = one_error(MIN_ACT "status = { port = 1; };\n");
+	ck_assert_msg(strstr(e, "status.port"), "%s", e);
+	free(e);
+}
+END_TEST
+
 START_TEST(missing_file)
 {
 	struct tp_config_errors errs;
@@ -336,6 +354,7 @@ config_suite(void)
 	tcase_add_test(tc, env_overrides);
 	tcase_add_test(tc, api_key_file_mode);
 	tcase_add_test(tc, journal_settings);
+	tcase_add_test(tc, status_listen);
 	tcase_add_test(tc, missing_file);
 	suite_add_tcase(s, tc);
 	return s;
