@@ -200,7 +200,7 @@ exec_sql(struct tp_journal *j, const char *sql)
 
 /* ---- opening -------------------------------------------------------------------------------- */
 
-/* Create the directories leading to path (each missing one 0700). */
+/* Create the directories leading to path: the journal's own one 0700, missing parents 0755. */
 static int
 make_dirs(const char *path, char *err, size_t errlen)
 {
@@ -222,7 +222,7 @@ make_dirs(const char *path, char *err, size_t errlen)
 			continue;
 		char c = *p;
 		*p = '\0';
-		if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+		if (mkdir(dir, c == '\0' ? 0700 : 0755) != 0 && errno != EEXIST) {
 			snprintf(err, errlen, "cannot create directory %s: %s", dir, strerror(errno));
 			free(dir);
 			return TP_JOURNAL_ERR_OPEN;
