@@ -44,6 +44,7 @@ struct tp_temporal_call {
 	struct tp_grpc_call            *grpc;
 	struct event                   *retry_ev;
 	int                             attempts;
+	bool                            start_failed; /* tp_grpc_call_start failed: report it */
 	tp_temporal_cb                  cb;
 	void                           *arg;
 };
@@ -210,11 +211,23 @@ tp_temporal_pending(const struct tp_temporal *t)
 /* ---- one call with retries ------------------------------------------------------------------ */
 
 static void start_attempt(struct tp_temporal_call *c);
+static void finish(struct tp_temporal_call *c, const struct tp_temporal_status *st,
+    ProtobufCMessage *resp);
 
 static void
 on_retry_timer(evutil_socket_t fd, short what, void *arg)
 {
-	start_attempt(arg);
+	struct tp_temporal_call *c = arg;
+
+	if (c->start_failed) {
+		struct tp_temporal_status st = { .code = TP_GRPC_RESOURCE_EXHAUSTED,
+			.attempts = c->attempts };
+		c->start_failed = false;
+		snprintf(st.message, sizeof(st.message), "out of memory starting a call");
+		finish(c, &st, NULL);
+		return;
+	}
+	start_attempt(c);
 }
 
 /* Whether to try again, and after how long. */
@@ -289,10 +302,11 @@ start_attempt(struct tp_temporal_call *c)
 	c->grpc = tp_grpc_call_start(c->t->ch, c->path, c->req, c->req_len, c->timeout_ms,
 	    NULL, 0, on_grpc_done, c);
 	if (c->grpc == NULL) {
-		struct tp_temporal_status st = { .code = TP_GRPC_RESOURCE_EXHAUSTED,
-			.attempts = c->attempts };
-		snprintf(st.message, sizeof(st.message), "out of memory starting a call");
-		finish(c, &st, NULL);
+		/* Never complete from inside the caller's call: the failure is reported from the
+		 * loop, like every other outcome. */
+		struct timeval now = { 0, 0 };
+		c->start_failed = true;
+		evtimer_add(c->retry_ev, &now);
 	}
 }
 

@@ -14,6 +14,12 @@ def test_dev_config_is_valid():
     assert rc == 0, f"tprefork -t -c etc/tprefork-dev.conf: status {rc}\n{err}{out}"
 
 
+def test_sample_config_is_valid():
+    """etc/tprefork.conf.sample, which make install ships, passes -t."""
+    rc, err, out = check_config(REPO / "etc" / "tprefork.conf.sample", cwd=REPO)
+    assert rc == 0, f"tprefork -t -c etc/tprefork.conf.sample: status {rc}\n{err}{out}"
+
+
 def test_example_activities(server, tprefork):
     tp = tprefork({"activities": [
         {"type": "Echo", "exec": [str(EXAMPLES / "echo.sh")]},
