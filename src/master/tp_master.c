@@ -865,6 +865,9 @@ status_fill(void *arg, struct tp_status_snapshot *s)
 	s->cancelled = m->done_cancelled;
 	s->child_restarts = m->child_restarts;
 	s->tasks_failed_by_master = m->tasks_failed_by_master;
+	s->journal_paused = tp_durable_paused(m->dur);
+	s->journal_inflight = tp_durable_inflight_len(m->dur);
+	s->journal_outbox = tp_durable_outbox_len(m->dur);
 	for (const struct tp_child *c = m->children; c && n < (size_t)m->nchildren; c = c->next) {
 		status_fill_child(&children[n], c);
 		s->completed += c->stats.completed;

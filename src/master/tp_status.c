@@ -40,13 +40,15 @@ render_status(struct evbuffer *out, const struct tp_status_snapshot *s)
 
 	for (size_t i = 0; i < s->nchildren; i++)
 		json_array_append_new(children, child_json(&s->children[i]));
-	root = json_pack("{s:s, s:i, s:i, s:i, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:o}",
+	root = json_pack("{s:s, s:i, s:i, s:i, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:{s:b, s:I, s:I}, s:o}",
 	    "state", s->state, "generation", s->generation, "workers", s->workers_wanted,
 	    "slots_per_worker", s->slots_per_worker, "task_queue", s->task_queue,
 	    "namespace", s->namespace_, "completed", (json_int_t)s->completed,
 	    "failed", (json_int_t)s->failed, "cancelled", (json_int_t)s->cancelled,
 	    "child_restarts", (json_int_t)s->child_restarts,
-	    "tasks_failed_by_master", (json_int_t)s->tasks_failed_by_master, "children", children);
+	    "tasks_failed_by_master", (json_int_t)s->tasks_failed_by_master,
+	    "journal", "paused", s->journal_paused, "inflight", (json_int_t)s->journal_inflight,
+	    "outbox", (json_int_t)s->journal_outbox, "children", children);
 	text = root ? json_dumps(root, JSON_INDENT(2)) : NULL;
 	evbuffer_add_printf(out, "%s\n", text ? text : "{}");
 	free(text);
@@ -95,6 +97,11 @@ render_metrics(struct evbuffer *out, const struct tp_status_snapshot *s)
 	    "Tasks of dead or killed children failed by the master so Temporal retries them.");
 	evbuffer_add_printf(out, "tprefork_tasks_failed_by_master_total %llu\n",
 	    (unsigned long long)s->tasks_failed_by_master);
+	metric(out, "tprefork_journal_paused", "gauge",
+	    "1 while the journal cannot be written (children stop polling).");
+	evbuffer_add_printf(out, "tprefork_journal_paused %d\n", s->journal_paused ? 1 : 0);
+	metric(out, "tprefork_journal_outbox", "gauge", "Reports waiting in the master's outbox.");
+	evbuffer_add_printf(out, "tprefork_journal_outbox %zu\n", s->journal_outbox);
 }
 
 static void

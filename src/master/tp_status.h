@@ -9,6 +9,7 @@
 #ifndef TP_STATUS_H
 #define TP_STATUS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -44,6 +45,9 @@ struct tp_status_snapshot {
 	uint64_t    completed, failed, cancelled;   /* including children that have exited */
 	uint64_t    child_restarts;                 /* unexpected exits */
 	uint64_t    tasks_failed_by_master;         /* tasks of dead children failed by the master */
+	bool        journal_paused;                 /* the journal cannot be written: polls stop */
+	size_t      journal_inflight;               /* tasks in flight the journal holds */
+	size_t      journal_outbox;                 /* reports waiting for delivery */
 	const struct tp_status_child *children;
 	size_t      nchildren;
 };

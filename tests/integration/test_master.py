@@ -579,6 +579,7 @@ def test_status_endpoint(server, tprefork, tmp_path):
     st = json.loads(body)
     assert ctype == "application/json"
     assert st["state"] == "running" and st["generation"] == 1 and st["workers"] == 2
+    assert st["journal"] == {"paused": False, "inflight": 1, "outbox": 0}, st["journal"]
     assert {c["pid"] for c in st["children"]} == set(worker_pids(tp.pid))
     inflight = [t for c in st["children"] for t in c["inflight"]]
     assert [(t["activity_type"], t["activity_id"], t["attempt"]) for t in inflight] == [("Sleep", "busy", 1)]
@@ -591,6 +592,7 @@ def test_status_endpoint(server, tprefork, tmp_path):
     assert re.search(r'^temporal_worker_task_slots_used\{worker_type="ActivityWorker"\} 1$', text, re.M), text
     assert re.search(r'^temporal_worker_task_slots_available\{worker_type="ActivityWorker"\} 15$', text, re.M)
     assert re.search(r"^tprefork_workers 2$", text, re.M)
+    assert re.search(r"^tprefork_journal_paused 0$", text, re.M)
     with pytest.raises(urllib.error.HTTPError) as e:
         get("/nope")
     assert e.value.code == 404
