@@ -1,6 +1,7 @@
 #include "core/tp_util.h"
 
 #include <errno.h>
+#include <event2/event.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -140,4 +141,16 @@ tp_proctitle_set(const char *fmt, ...)
 		n = title_len;
 	memset(title_start, '\0', title_len + 1);
 	memcpy(title_start, buf, n);
+}
+
+void
+tp_timer_in(struct event *ev, int64_t ms)
+{
+	struct timeval tv;
+
+	if (ms < 0)
+		ms = 0;
+	tv.tv_sec = (time_t)(ms / 1000);
+	tv.tv_usec = (suseconds_t)((ms % 1000) * 1000);
+	evtimer_add(ev, &tv);
 }

@@ -24,6 +24,10 @@ int tp_parse_long(const char *s, long min, long max, long *out);
 
 
 
+struct event;
+/* Arm a libevent timer to fire in ms milliseconds (negative: at once). */
+void tp_timer_in(struct event *ev, int64_t ms);
+
 /* Process titles (ps, top): keep argv's memory at start, then overwrite it with a title. */
 void tp_proctitle_init(int argc, char **argv);
 void tp_proctitle_set(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

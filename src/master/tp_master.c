@@ -89,18 +89,6 @@ static void reconcile(struct master *m);
 static void maybe_finish_stop(struct master *m);
 
 static void
-timer_in(struct event *ev, int64_t ms)
-{
-	struct timeval tv;
-
-	if (ms < 0)
-		ms = 0;
-	tv.tv_sec = (time_t)(ms / 1000);
-	tv.tv_usec = (suseconds_t)((ms % 1000) * 1000);
-	evtimer_add(ev, &tv);
-}
-
-static void
 notify(const char *state)
 {
 #ifdef HAVE_LIBSYSTEMD
@@ -591,10 +579,10 @@ begin_stop(struct master *m, bool fast)
 	for (struct tp_child *c = m->children; c; c = c->next)
 		drain_child(c, fast ? 2 : 1);
 	if (!fast)
-		timer_in(m->cancel_ev, cancel_at);
+		tp_timer_in(m->cancel_ev, cancel_at);
 	else
 		evtimer_del(m->cancel_ev);
-	timer_in(m->kill_ev, deadline);
+	tp_timer_in(m->kill_ev, deadline);
 	maybe_finish_stop(m);
 }
 
@@ -757,7 +745,7 @@ on_tick(evutil_socket_t fd, short what, void *arg)
 		tp_durable_tick(m->dur);
 	maybe_finish_stop(m);
 	reconcile(m);
-	timer_in(m->tick_ev, TICK_MS);
+	tp_timer_in(m->tick_ev, TICK_MS);
 }
 
 /* ---- set-up --------------------------------------------------------------------------------- */
@@ -1031,7 +1019,7 @@ tp_master_run(const struct tp_master_opts *o)
 	tp_log_info("master starting: %d worker(s), task queue %s at %s", m.count,
 	    m.cfg->task_queue, m.cfg->address);
 	reconcile(&m);
-	timer_in(m.tick_ev, TICK_MS);
+	tp_timer_in(m.tick_ev, TICK_MS);
 	event_base_dispatch(m.base);
 	tp_log_info("master exiting");
 	tp_pidfile_remove(m.pidfile);

@@ -506,17 +506,13 @@ tp_temporal_fail(struct tp_temporal *t, const ProtobufCBinaryData *token,
     const Temporal__Api__Common__V1__Payloads *last_heartbeat_details,
     tp_temporal_cb cb, void *arg)
 {
-	Temporal__Api__Workflowservice__V1__RespondActivityTaskFailedRequest req =
-	    TEMPORAL__API__WORKFLOWSERVICE__V1__RESPOND_ACTIVITY_TASK_FAILED_REQUEST__INIT;
 	struct tp_temporal_call_opts o = { DEFAULT_TIMEOUT_MS, t->report_retry_ms };
+	size_t len;
+	uint8_t *req = tp_temporal_pack_fail(t, token, failure, last_heartbeat_details, &len);
 
-	req.task_token = *token;
-	req.failure = (Temporal__Api__Failure__V1__Failure *)failure;
-	req.last_heartbeat_details = (Temporal__Api__Common__V1__Payloads *)last_heartbeat_details;
-	req.identity = t->identity;
-	req.namespace_ = t->namespace_;
-	return CALL(t, "RespondActivityTaskFailed", req, respond_activity_task_failed_response,
-	    &o, cb, arg);
+	/* call_start takes the packed request over. */
+	return call_start(t, "RespondActivityTaskFailed", req, len,
+	    &RPC_NS(respond_activity_task_failed_response__descriptor), &o, cb, arg);
 }
 
 struct tp_temporal_call *

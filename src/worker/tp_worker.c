@@ -107,18 +107,6 @@ static void check_drained(struct worker *w);
 
 /* ---- helpers -------------------------------------------------------------------------------- */
 
-static void
-timer_in(struct event *ev, int64_t ms)
-{
-	struct timeval tv;
-
-	if (ms < 0)
-		ms = 0;
-	tv.tv_sec = (time_t)(ms / 1000);
-	tv.tv_usec = (suseconds_t)((ms % 1000) * 1000);
-	evtimer_add(ev, &tv);
-}
-
 static int64_t
 duration_ms(const Google__Protobuf__Duration *d)
 {
@@ -375,7 +363,7 @@ on_heartbeat_done(void *arg, const struct tp_temporal_status *st, ProtobufCMessa
 		protobuf_c_message_free_unpacked(resp, NULL);
 	/* Details that arrived while this heartbeat was in flight go at the end of the window. */
 	if (t->run && t->hb_pending && !evtimer_pending(t->hb_ev, NULL))
-		timer_in(t->hb_ev, t->hb_last_ms + t->hb_interval_ms - tp_now_mono_ms());
+		tp_timer_in(t->hb_ev, t->hb_last_ms + t->hb_interval_ms - tp_now_mono_ms());
 }
 
 static void
@@ -422,7 +410,7 @@ on_activity_heartbeat(void *arg, json_t *details)
 	if (t->hb_last_ms == 0 || now - t->hb_last_ms >= t->hb_interval_ms)
 		send_heartbeat(t);
 	else
-		timer_in(t->hb_ev, t->hb_last_ms + t->hb_interval_ms - now);
+		tp_timer_in(t->hb_ev, t->hb_last_ms + t->hb_interval_ms - now);
 }
 
 static void
@@ -466,7 +454,7 @@ arm_deadline(struct task *t)
 			deadline = d;
 	}
 	if (deadline > 0)
-		timer_in(t->deadline_ev, deadline - now + LOCAL_DEADLINE_BUFFER_MS);
+		tp_timer_in(t->deadline_ev, deadline - now + LOCAL_DEADLINE_BUFFER_MS);
 }
 
 static void
@@ -659,7 +647,7 @@ on_poll_done(void *arg, const struct tp_temporal_status *st, ProtobufCMessage *r
 		log_poll_error(w, st, delay);
 		if (!w->poll_waiting && !w->draining) {
 			w->poll_waiting = true;
-			timer_in(w->poll_retry_ev, delay);
+			tp_timer_in(w->poll_retry_ev, delay);
 		}
 	}
 	if (r)
@@ -751,7 +739,7 @@ on_describe_done(void *arg, const struct tp_temporal_status *st, ProtobufCMessag
 		check_drained(w);
 		return;
 	}
-	timer_in(w->describe_ev, delay);
+	tp_timer_in(w->describe_ev, delay);
 }
 
 static void
@@ -908,7 +896,7 @@ on_stats_timer(evutil_socket_t fd, short what, void *arg)
 	int64_t every = w->cfg->child_timeout_ms / 4;
 
 	send_stats(w);
-	timer_in(w->stats_ev, every < 1000 ? 1000 : every);
+	tp_timer_in(w->stats_ev, every < 1000 ? 1000 : every);
 }
 
 static void
@@ -1060,7 +1048,7 @@ tp_worker_run(const struct tp_worker_opts *o)
 		if (w.ch == NULL)
 			tp_fatalx("cannot set up the channel to the master");
 		w.stats_ev = evtimer_new(w.base, on_stats_timer, &w);
-		timer_in(w.stats_ev, 1000);
+		tp_timer_in(w.stats_ev, 1000);
 	}
 	w.tc = tp_temporal_new(w.base, w.cfg, w.identity, err, sizeof(err));
 	if (w.tc == NULL) {
