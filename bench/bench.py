@@ -18,7 +18,7 @@ repetition:
 
 Phases (methodology: ../shared/docs/benchmark.md of the project's shared notes):
 
-  1. throughput  closed loop (about 200 activities outstanding) for warm-up + window; over the window:
+  1. throughput  closed loop (about 100 activities outstanding) for warm-up + window; over the window:
                  completed activities/s (visibility count), worker-tree CPU per 1000 activities (sum of
                  utime+stime+cutime+cstime of every process of the tree, /proc/<pid>/stat), server and
                  driver CPU per 1000, memory (VmRSS, VmHWM, Pss of every process) idle and under load,
@@ -129,12 +129,28 @@ def proc_tree(root: int) -> list[int]:
 
 
 def tree_cpu_s(root: int) -> float:
-    total = 0
+    return sum(tree_cpu_by_pid(root).values())
+
+
+def tree_cpu_by_pid(root: int) -> dict[int, float]:
+    out = {}
     for pid in proc_tree(root):
         st = read_stat(pid)
         if st:
-            total += st[1]
-    return total / HZ
+            out[pid] = st[1] / HZ
+    return out
+
+
+async def wait_quiet(limit_cores: float, max_wait: float) -> dict[str, float]:
+    """Wait (at most max_wait s) until the whole machine is nearly idle: other users' load spoils a
+    measurement. Returns the wait and the last busy reading (cores)."""
+    t0 = time.monotonic()
+    while True:
+        b0 = cpu_busy_s()
+        await asyncio.sleep(1.0)
+        busy = cpu_busy_s() - b0
+        if busy <= limit_cores or time.monotonic() - t0 >= max_wait:
+            return {"waited_s": round(time.monotonic() - t0, 1), "busy_cores": round(busy, 2)}
 
 
 def cpu_busy_s() -> float:
@@ -179,7 +195,7 @@ def tree_mem(root: int) -> dict[str, Any]:
 
 # ---- the dev server ------------------------------------------------------------------------------
 
-TUNING = [
+TUNING = [*[kv for kv in os.environ.get("BENCH_EXTRA_DYNAMIC_CONFIG", "").split() if kv],
     "frontend.rps=100000",
     "frontend.namespaceRPS=100000",
     "frontend.namespaceRPS.visibility=100000",
@@ -296,11 +312,15 @@ class Spec:
     variant: str = ""       # plugin | exec (tprefork)
     defaults: bool = False
     identities: int = 1     # pollers (distinct identities) that mean "ready"
+    journal: bool = True    # tprefork: the master's journal (default on, synchronous = full)
+    extra: bool = False     # a variant for the throughput phase only
 
 
 SPECS = {
     "tprefork-plugin": Spec("tprefork-plugin", "tprefork", "plugin", identities=TP_CHILDREN),
     "tprefork-exec": Spec("tprefork-exec", "tprefork", "exec", identities=TP_CHILDREN),
+    "tprefork-plugin-nojournal": Spec("tprefork-plugin-nojournal", "tprefork", "plugin", identities=TP_CHILDREN,
+                                      journal=False, extra=True),
     "go": Spec("go", "go"),
     "python": Spec("python", "python"),
     "go-defaults": Spec("go-defaults", "go", defaults=True),
@@ -331,7 +351,7 @@ def tprefork_config(spec: Spec, tools: Tools, address: str, tq: str, wd: Path) -
             f"workers = {{ count = {TP_CHILDREN}; max_concurrent_activities = {TOTAL_SLOTS // TP_CHILDREN}; "
             f"pollers = {TOTAL_POLLS // TP_CHILDREN}; shutdown_timeout = {STOP_TIMEOUT_S}; cancel_grace = 2; }};\n"
             'log = { level = "warn"; };\n'
-            f'journal = {{ path = "{wd}/journal.db"; }};\n'
+            f'journal = {{ path = "{wd}/journal.db";{"" if spec.journal else " enabled = false;"} }};\n'
             f'pidfile = "{wd}/tprefork.pid";\n'
             f"{plugins}activities = (\n{acts});\n")
 
@@ -423,20 +443,36 @@ class Params:
     inflight: int
     shutdown_idle_reps: int
     shutdown_inflight_reps: int
+    quiet_cores: float = 0.35
+    quiet_wait_s: float = 60
 
 
-def snapshot(w: Worker, server: Server, driver_pid: int | None) -> dict[str, float]:
-    return {"t": time.monotonic(), "worker": tree_cpu_s(w.pid), "server": tree_cpu_s(server.proc.pid),
+def snapshot(w: Worker, server: Server, driver_pid: int | None) -> dict[str, Any]:
+    by_pid = tree_cpu_by_pid(w.pid)
+    return {"t": time.monotonic(), "worker": sum(by_pid.values()), "worker_by_pid": by_pid,
+            "server": tree_cpu_s(server.proc.pid),
             "driver": tree_cpu_s(driver_pid) if driver_pid else 0.0, "busy": cpu_busy_s()}
 
 
+def cpu_by_role(w: Worker, s1: dict[str, Any], s2: dict[str, Any], n: int) -> dict[str, float]:
+    """Worker CPU per 1000 activities of the root process and of its other processes (for tprefork:
+    the master, and the children with the commands they reaped)."""
+    root = s2["worker_by_pid"].get(w.pid, 0.0) - s1["worker_by_pid"].get(w.pid, 0.0)
+    total = s2["worker"] - s1["worker"]
+    return {"root_per_1k": root / n * 1000, "others_per_1k": (total - root) / n * 1000} if n > 0 else {}
+
+
 async def phase_throughput(spec: Spec, tools: Tools, server: Server, wd: Path, p: Params) -> dict[str, Any]:
+    quiet = await wait_quiet(p.quiet_cores, p.quiet_wait_s)
     w = Worker(spec, tools, server, wd)
-    res: dict[str, Any] = {"phase": "throughput", "worker": spec.name, "task_queue": w.tq}
+    res: dict[str, Any] = {"phase": "throughput", "worker": spec.name, "task_queue": w.tq, "quiet": quiet}
     drv = None
     try:
         res["ready_s"] = await w.wait_ready()
-        await asyncio.sleep(p.idle_s)
+        await asyncio.sleep(1.0)
+        i0, t_i0 = tree_cpu_s(w.pid), time.monotonic()
+        await asyncio.sleep(max(0.0, p.idle_s - 1.0))
+        res["idle_cpu_cores"] = (tree_cpu_s(w.pid) - i0) / (time.monotonic() - t_i0)
         res["mem_idle"] = tree_mem(w.pid)
         prefix = f"t{uuid.uuid4().hex[:8]}"
         total = p.warmup_s + p.window_s
@@ -480,16 +516,21 @@ async def phase_throughput(spec: Spec, tools: Tools, server: Server, wd: Path, p
         n = c2 - c1
         res["window"] = {"seconds": dt_, "completed": n}
         res["throughput"] = n / dt_ if dt_ > 0 else None
+        res["worker_cpu_by_role"] = cpu_by_role(w, s1, s2, n)
         for k in ("worker", "server", "driver"):
             res[f"{k}_cpu_s"] = s2[k] - s1[k]
             res[f"{k}_cpu_per_1k"] = (s2[k] - s1[k]) / n * 1000 if n > 0 else None
         other = (s2["busy"] - s1["busy"]) - sum(s2[k] - s1[k] for k in ("worker", "server", "driver"))
         res["other_cpu_cores"] = other / dt_ if dt_ > 0 else None
         res["machine_busy_cores"] = (s2["busy"] - s1["busy"]) / dt_ if dt_ > 0 else None
-        # The CPU-bound ceiling: the throughput a worker costing nothing would reach with every core
-        # given to the server and the driver (benchmark.md section 4, "physical limit").
-        per_act = (res["server_cpu_s"] + res["driver_cpu_s"]) / n if n > 0 else None
-        res["ceiling_cpu"] = NCPU / per_act if per_act else None
+        # The CPU-bound ceiling (benchmark.md section 4, "physical limit"): the throughput a worker
+        # costing nothing would reach if the server had every core that the driver and other users of
+        # the machine leave (the server's CPU per activity as measured).
+        if n > 0 and res["server_cpu_s"] > 0:
+            free = NCPU - max(0.0, res["other_cpu_cores"] or 0.0) - res["driver_cpu_s"] / dt_
+            res["ceiling_cpu"] = free / (res["server_cpu_s"] / n)
+        else:
+            res["ceiling_cpu"] = None
         if m1 and m2 and n > 0:
             delta = {k: m2.get(k, 0) - m1.get(k, 0) for k in m2}
             res["server_rpcs_per_activity"] = {
@@ -508,8 +549,10 @@ async def phase_throughput(spec: Spec, tools: Tools, server: Server, wd: Path, p
 
 
 async def phase_latency(spec: Spec, tools: Tools, server: Server, wd: Path, p: Params, rate: float) -> dict[str, Any]:
+    quiet = await wait_quiet(p.quiet_cores, p.quiet_wait_s)
     w = Worker(spec, tools, server, wd)
-    res: dict[str, Any] = {"phase": "latency", "worker": spec.name, "task_queue": w.tq, "rate": rate}
+    res: dict[str, Any] = {"phase": "latency", "worker": spec.name, "task_queue": w.tq, "rate": rate,
+                           "quiet": quiet}
     try:
         res["ready_s"] = await w.wait_ready()
         await asyncio.sleep(min(p.idle_s, 2))
@@ -593,7 +636,14 @@ def summarize(runs: list[dict[str, Any]], names: list[str]) -> dict[str, dict[st
             for k in ("worker", "server", "driver"):
                 x[f"{k}_cpu_per_1k"] = median([r[f"{k}_cpu_per_1k"] for r in tr])
             x["ceiling_cpu"] = median([r.get("ceiling_cpu") for r in tr])
+            x["throughput_of_ceiling"] = median([r["throughput"] / r["ceiling_cpu"] for r in tr
+                                                 if r.get("ceiling_cpu")])
             x["other_cpu_cores"] = median([r.get("other_cpu_cores") for r in tr])
+            x["idle_cpu_pct"] = median([100 * r["idle_cpu_cores"] for r in tr if "idle_cpu_cores" in r])
+            roles = [r["worker_cpu_by_role"] for r in tr if r.get("worker_cpu_by_role")]
+            if roles and spec.kind == "tprefork":
+                x["root_cpu_per_1k"] = median([q["root_per_1k"] for q in roles])
+                x["others_cpu_per_1k"] = median([q["others_per_1k"] for q in roles])
             idle = [mem_roles(r["mem_idle"], spec) for r in tr if "mem_idle" in r]
             load = [mem_roles(r["mem_load"], spec) for r in tr if "mem_load" in r]
             for k in ("tree_rss_mib", "tree_pss_mib", "child_rss_mib", "master_rss_mib", "max_proc_rss_mib"):
@@ -630,8 +680,13 @@ def summarize(runs: list[dict[str, Any]], names: list[str]) -> dict[str, dict[st
 
 ROWS = [
     ("throughput", "throughput (activities/s, median)", "{:.1f}"),
-    ("worker_cpu_per_1k", "worker CPU s / 1000 activities", "{:.3f}"),
+    ("worker_cpu_per_1k", "worker-tree CPU s / 1000 activities", "{:.3f}"),
+    ("root_cpu_per_1k", "  tprefork master / 1000", "{:.3f}"),
+    ("others_cpu_per_1k", "  tprefork children / 1000", "{:.3f}"),
+    ("idle_cpu_pct", "idle worker CPU (% of a core)", "{:.2f}"),
     ("server_cpu_per_1k", "server CPU s / 1000 activities", "{:.2f}"),
+    ("throughput_of_ceiling", "throughput / CPU-bound server ceiling", "{:.2f}"),
+    ("other_cpu_cores", "other users' load in the window (cores)", "{:.2f}"),
     ("idle_child_rss_mib", "idle RSS of one tprefork child (MiB)", "{:.1f}"),
     ("idle_max_proc_rss_mib", "idle RSS, largest process (MiB)", "{:.1f}"),
     ("idle_tree_pss_mib", "idle PSS, whole tree (MiB)", "{:.1f}"),
@@ -687,7 +742,7 @@ def targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     add("worker CPU/1k <= 0.05 x Python", cp, 0.05, cp is not None and cp <= 0.05)
     tg = r(tp.get("throughput"), go.get("throughput"))
     add("throughput >= Go", tg, 1.0, tg is not None and tg >= 1.0)
-    tc = r(tp.get("throughput"), tp.get("ceiling_cpu"))
+    tc = tp.get("throughput_of_ceiling")
     add("throughput >= 0.9 x server-bound ceiling (CPU)", tc, 0.9, tc is not None and tc >= 0.9)
     rg = r(tp.get("idle_child_rss_mib"), go.get("idle_max_proc_rss_mib"))
     add("idle RSS of one child <= 0.25 x Go RSS", rg, 0.25, rg is not None and rg <= 0.25)
@@ -753,21 +808,31 @@ def machine_info(tools: Tools) -> dict[str, Any]:
 async def amain(a: argparse.Namespace) -> int:
     tools = Tools(tprefork=a.tprefork, plugin=a.plugin or None, go_worker=a.go_worker, driver=a.driver,
                   python=sys.executable, cli=a.temporal)
-    names = [n.strip() for n in a.workers.split(",") if n.strip()]
+    names = [n.strip() for n in a.workers.split(",") if n.strip()] or [
+        n for n in SPECS if not (a.quick and SPECS[n].extra)]
     for n in names:
         if n not in SPECS:
             raise SystemExit(f"unknown worker {n!r} (known: {', '.join(SPECS)})")
-    if "tprefork-plugin" in names and not tools.plugin:
-        log("no plugin build: tprefork-plugin left out")
-        names.remove("tprefork-plugin")
-    parity = [n for n in names if not SPECS[n].defaults]
+    if not tools.plugin:
+        for nm in [nm for nm in names if SPECS[nm].variant == "plugin"]:
+            log(f"no plugin build: {nm} left out")
+            names.remove(nm)
+    parity = [n for n in names if not SPECS[n].defaults and not SPECS[n].extra]
+    extras = [n for n in names if SPECS[n].extra]
     defaults = [n for n in names if SPECS[n].defaults]
     if a.quick:
-        p = Params(reps=a.reps or 1, idle_s=2, warmup_s=3, window_s=8, s2s_warmup_s=2, s2s_window_s=6,
-                   inflight=200, shutdown_idle_reps=1, shutdown_inflight_reps=1)
+        p = Params(reps=a.reps or 1, idle_s=2, warmup_s=3, window_s=7, s2s_warmup_s=2, s2s_window_s=6,
+                   inflight=100, shutdown_idle_reps=1, shutdown_inflight_reps=1, quiet_wait_s=5)
     else:
         p = Params(reps=a.reps or 3, idle_s=10, warmup_s=10, window_s=30, s2s_warmup_s=5, s2s_window_s=30,
-                   inflight=200, shutdown_idle_reps=2, shutdown_inflight_reps=1)
+                   inflight=100, shutdown_idle_reps=2, shutdown_inflight_reps=1)
+    if a.inflight:
+        p.inflight = a.inflight
+    if a.window:
+        p.window_s = p.s2s_window_s = a.window
+    if a.warmup:
+        p.warmup_s = a.warmup
+    phases = set(x.strip() for x in a.phases.split(","))
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = Path(a.out) if a.out else BENCH / "results" / f"{stamp}{'-quick' if a.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -794,65 +859,76 @@ async def amain(a: argparse.Namespace) -> int:
         return xs[k:] + xs[:k]
 
     n = 0
-    # Phase 1: throughput, and the idle stops against a server without the capability.
-    for rep in range(p.reps):
-        srv = Server(tools.cli, work / f"server-t{rep}", capability=False)
+
+    async def with_server(tag: str, capability: bool, body) -> None:
+        srv = Server(tools.cli, work / f"server-{tag}", capability=capability)
         await srv.start()
         try:
-            for name in order(rep, parity) + (defaults if rep == 0 else []):
-                n += 1
-                r = await phase_throughput(SPECS[name], tools, srv, work / f"r{n:03d}-{name}", p)
-                r["rep"] = rep
-                runs.append(r)
-                save()
-                log(f"throughput rep {rep} {name}: {fmt(r.get('throughput'), '{:.1f}')}/s, worker CPU "
-                    f"{fmt(r.get('worker_cpu_per_1k'), '{:.3f}')} s/1k, server {fmt(r.get('server_cpu_per_1k'), '{:.2f}')} s/1k, "
-                    f"other load {fmt(r.get('other_cpu_cores'), '{:.2f}')} cores, lost {r.get('lost')}")
-            for name in order(rep, parity):
-                for inflight, k in ((False, p.shutdown_idle_reps), (True, p.shutdown_inflight_reps)):
-                    for _ in range(k):
-                        n += 1
-                        r = await phase_shutdown(SPECS[name], tools, srv, work / f"r{n:03d}-{name}", inflight)
-                        r["rep"] = rep
-                        runs.append(r)
-                        save()
-                        log(f"stop legacy {'in flight' if inflight else 'idle'} {name}: "
-                            f"{fmt(r['exit_s'] and r['exit_s'] * 1000, '{:.0f}')} ms, lost {r['lost']}")
+            await body(srv)
         finally:
             srv.stop()
+
+    def record(r: dict[str, Any], rep: int) -> dict[str, Any]:
+        r["rep"] = rep
+        runs.append(r)
+        save()
+        return r
+
+    # Phase 1: throughput, each run against a fresh server (identical server state for every worker).
+    if "throughput" in phases:
+        for rep in range(p.reps):
+            for name in order(rep, parity + extras) + (defaults if rep == 0 else []):
+                n += 1
+                k = n
+
+                async def body(srv: Server, name: str = name, k: int = k, rep: int = rep) -> None:
+                    r = record(await phase_throughput(SPECS[name], tools, srv, work / f"r{k:03d}-{name}", p), rep)
+                    log(f"throughput rep {rep} {name}: {fmt(r.get('throughput'), '{:.1f}')}/s, worker CPU "
+                        f"{fmt(r.get('worker_cpu_per_1k'), '{:.3f}')} s/1k, server "
+                        f"{fmt(r.get('server_cpu_per_1k'), '{:.2f}')} s/1k, other load "
+                        f"{fmt(r.get('other_cpu_cores'), '{:.2f}')} cores, lost {r.get('lost')}")
+
+                await with_server(f"t{k:03d}", False, body)
 
     summ = summarize(runs, names)
     maxes = [summ[nm]["throughput"] for nm in parity if summ.get(nm, {}).get("throughput")]
     rate = a.rate or (0.5 * min(maxes) if maxes else 20.0)
     doc["s2s_rate"] = rate
-    log(f"latency phase at {rate:.1f} activities/s (half the lowest maximum)")
 
-    # Phase 2: schedule-to-start at a fixed load, and the stops against a server with the capability.
-    for rep in range(p.reps):
-        srv = Server(tools.cli, work / f"server-l{rep}", capability=True)
-        await srv.start()
-        try:
+    # Phase 2: schedule-to-start at a fixed offered load, each run against a fresh server.
+    if "latency" in phases:
+        log(f"latency phase at {rate:.1f} activities/s (half the lowest maximum)")
+        for rep in range(p.reps):
             for name in order(rep, parity):
                 n += 1
-                r = await phase_latency(SPECS[name], tools, srv, work / f"r{n:03d}-{name}", p, rate)
-                r["rep"] = rep
-                runs.append(r)
-                save()
-                s = r.get("s2s_ms") or {}
-                log(f"latency rep {rep} {name}: s2s p50 {fmt(s.get('p50'), '{:.1f}')} ms, p99 "
-                    f"{fmt(s.get('p99'), '{:.1f}')} ms, lost {r.get('lost')}")
-            for name in order(rep, parity):
-                for inflight, k in ((False, p.shutdown_idle_reps), (True, p.shutdown_inflight_reps)):
-                    for _ in range(k):
-                        n += 1
-                        r = await phase_shutdown(SPECS[name], tools, srv, work / f"r{n:03d}-{name}", inflight)
-                        r["rep"] = rep
-                        runs.append(r)
-                        save()
-                        log(f"stop capability {'in flight' if inflight else 'idle'} {name}: "
-                            f"{fmt(r['exit_s'] and r['exit_s'] * 1000, '{:.0f}')} ms, lost {r['lost']}")
-        finally:
-            srv.stop()
+                k = n
+
+                async def body(srv: Server, name: str = name, k: int = k, rep: int = rep) -> None:
+                    r = record(await phase_latency(SPECS[name], tools, srv, work / f"r{k:03d}-{name}", p, rate), rep)
+                    s = r.get("s2s_ms") or {}
+                    log(f"latency rep {rep} {name}: s2s p50 {fmt(s.get('p50'), '{:.1f}')} ms, p99 "
+                        f"{fmt(s.get('p99'), '{:.1f}')} ms, lost {r.get('lost')}")
+
+                await with_server(f"l{k:03d}", True, body)
+
+    # Phase 3: stops, idle and with activities in flight, against one server per mode and repetition.
+    if "shutdown" in phases:
+        for rep in range(p.reps):
+            for capability in (False, True):
+                mode = "capability" if capability else "legacy"
+
+                async def body(srv: Server, rep: int = rep, mode: str = mode) -> None:
+                    nonlocal n
+                    for name in order(rep, parity):
+                        for inflight, cnt in ((False, p.shutdown_idle_reps), (True, p.shutdown_inflight_reps)):
+                            for _ in range(cnt):
+                                n += 1
+                                r = record(await phase_shutdown(SPECS[name], tools, srv,
+                                                                work / f"r{n:03d}-{name}", inflight), rep)
+                                log(f"stop {mode} {'in flight' if inflight else 'idle'} {name}: "
+                                    f"{fmt(r['exit_s'] and r['exit_s'] * 1000, '{:.0f}')} ms, lost {r['lost']}")
+
+                await with_server(f"s{rep}-{mode}", capability, body)
 
     summ = summarize(runs, names)
     doc["summary"] = summ
@@ -881,8 +957,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short windows, one repetition (under 5 minutes)")
     ap.add_argument("--reps", type=int, default=0, help="repetitions (default 3; quick: 1)")
-    ap.add_argument("--workers", default="tprefork-plugin,tprefork-exec,go,python,go-defaults,python-defaults")
+    ap.add_argument("--workers", default="", help="comma-separated (default: all; quick: all but the "
+                    "throughput-only variants)")
     ap.add_argument("--rate", type=float, default=0, help="latency phase rate (default: half the lowest max)")
+    ap.add_argument("--inflight", type=int, default=0, help="throughput phase: activities kept outstanding")
+    ap.add_argument("--window", type=float, default=0, help="throughput and latency measurement window, s")
+    ap.add_argument("--warmup", type=float, default=0, help="throughput warm-up, s")
+    ap.add_argument("--phases", default="throughput,latency,shutdown", help="phases to run")
     ap.add_argument("--out", help="result file (default bench/results/<time>.json)")
     ap.add_argument("--workdir", help="logs and configurations (default /tmp/tprefork-bench-<time>)")
     ap.add_argument("--tprefork", required=True)

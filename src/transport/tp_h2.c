@@ -916,6 +916,27 @@ check_session_done(struct tp_h2_conn *c)
 		conn_close(c);
 }
 
+/* Cleartext: hand what the session queued to the socket at once. Left to the bufferevent, each send
+ * enables EV_WRITE, comes back through the loop and disables it again: two epoll_ctl and a loop turn
+ * for a few hundred bytes, several times per activity. EV_WRITE stays enabled only while the socket
+ * has not taken everything (its callback flushes again, and reports a write error). TLS keeps going
+ * through the bufferevent. */
+static void
+write_out(struct tp_h2_conn *c)
+{
+	struct evbuffer *out;
+
+	if (c->ssl_ctx != NULL)
+		return;
+	out = bufferevent_get_output(c->bev);
+	if (evbuffer_get_length(out) > 0)
+		(void)evbuffer_write(out, bufferevent_getfd(c->bev));
+	if (evbuffer_get_length(out) > 0)
+		bufferevent_enable(c->bev, EV_WRITE);
+	else
+		bufferevent_disable(c->bev, EV_WRITE);
+}
+
 static void
 flush(struct tp_h2_conn *c)
 {
@@ -934,6 +955,7 @@ flush(struct tp_h2_conn *c)
 		conn_fail(c, "HTTP/2 error: %s", nghttp2_strerror(rv));
 		return;
 	}
+	write_out(c);
 	check_session_done(c);
 }
 
