@@ -350,7 +350,7 @@ def tprefork_config(spec: Spec, tools: Tools, address: str, tq: str, wd: Path) -
     return (f'temporal = {{ address = "{address}"; namespace = "default"; task_queue = "{tq}"; }};\n'
             f"workers = {{ count = {TP_CHILDREN}; max_concurrent_activities = {TOTAL_SLOTS // TP_CHILDREN}; "
             f"pollers = {TOTAL_POLLS // TP_CHILDREN}; shutdown_timeout = {STOP_TIMEOUT_S}; cancel_grace = 2; }};\n"
-            'log = { level = "warn"; };\n'
+            f'log = {{ level = "{os.environ.get("BENCH_TPREFORK_LOG_LEVEL", "warn")}"; }};\n'
             f'journal = {{ path = "{wd}/journal.db";{"" if spec.journal else " enabled = false;"} }};\n'
             f'pidfile = "{wd}/tprefork.pid";\n'
             f"{plugins}activities = (\n{acts});\n")
