@@ -2,15 +2,20 @@
 
 Run it through bench/run.sh, which builds what it needs and passes its arguments here:
 
-    bench/run.sh [--quick] [--reps N] [--workers a,b,...] [--out FILE] ...
+    bench/run.sh [--quick] [--reps N] [--workers a,b,...] [--phases p,q] [--out FILE] ...
+    bench.py --resummarize RESULT.json     recompute the summary and the table of a saved run
 
-One dev server per phase and repetition (in-memory SQLite, rate limits raised, one task-queue
-partition), one load driver (bench/driver, standalone activities started with StartActivityExecution),
-and one worker under test at a time, on a task queue of its own. Workers, in an order rotated every
-repetition:
+A fresh dev server for every throughput and latency run, one per repetition and server mode for the
+stops (in-memory SQLite, rate limits raised, one task-queue partition), one load driver (bench/driver,
+standalone activities started with StartActivityExecution), and one worker under test at a time, on a
+task queue of its own. Each throughput and latency run first waits for the machine to be idle. Workers,
+in an order rotated every repetition:
 
     tprefork-plugin   tprefork, 2 children x 50 slots x 4 polls, no-op C plugin (bench/plugins/bench.c)
     tprefork-exec     the same with a no-op command (/bin/true)
+    tprefork-plugin-nojournal
+                      the plugin variant with journal.enabled = false (throughput phase only; not in
+                      --quick unless named)
     go                Go SDK worker (bench/peers/go), 100 slots, 8 pollers
     python            Python SDK worker (bench/peers/python), 100 slots, 8 pollers
     go-defaults       the Go SDK worker at its defaults (throughput phase, first repetition only)
@@ -30,8 +35,11 @@ Phases (methodology: ../shared/docs/benchmark.md of the project's shared notes):
                  server without and with frontend.enableCancelWorkerPollsOnShutdown=true; lost
                  activities.
 
-Writes bench/results/<UTC time>[-quick].json (every measurement, the machine, the versions) and a
-Markdown table next to it, and prints the table.
+Ratios tprefork / peer: for throughput, CPU and schedule-to-start the median of the per-repetition
+ratios; for memory and stop latency the ratio of the medians. Writes bench/results/<UTC time>[-quick].json
+(every measurement, the machine, the versions) and a Markdown table next to it, and prints the table.
+Environment: BENCH_TPREFORK_LOG_LEVEL (tprefork's log level, default warn; logs stay in the work
+directory), BENCH_EXTRA_DYNAMIC_CONFIG (more KEY=VALUE settings for the dev servers).
 """
 
 from __future__ import annotations
@@ -401,6 +409,7 @@ class Worker:
     def stop(self, timeout: float = 30) -> dict[str, Any]:
         """SIGTERM and wait: the seconds to exit (None if it had to be killed) and the exit status."""
         t0 = time.monotonic()
+        sent = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
@@ -415,7 +424,7 @@ class Worker:
         if rc is None:
             rc = self.proc.wait(10)
         self.logf.close()
-        return {"exit_s": took, "status": rc}
+        return {"exit_s": took, "status": rc, "sigterm_utc": sent}
 
 
 def driver_argv(tools: Tools, server: Server, mode: str, tq: str, prefix: str, *extra: str) -> list[str]:
@@ -594,6 +603,7 @@ async def phase_shutdown(spec: Spec, tools: Tools, server: Server, wd: Path, inf
         v = await asyncio.to_thread(run_driver, driver_argv(
             tools, server, "verify", w.tq, prefix, "-n", str(INFLIGHT_K), "-timeout", "5s"), 60)
         res["statuses"] = v.get("statuses", {})
+        res["not_completed"] = v.get("not_completed") or []
         res["lost"] = INFLIGHT_K - int(res["statuses"].get("Completed", 0))
     else:
         res["lost"] = 0
@@ -672,18 +682,62 @@ def summarize(runs: list[dict[str, Any]], names: list[str]) -> dict[str, dict[st
                     x[f"stop_{kind}_{mode}_ms"] = median([e * 1000 for e in ex]) if ex else None
                     x[f"stop_{kind}_{mode}_max_ms"] = max(e * 1000 for e in ex) if ex else None
                     x[f"stop_{kind}_{mode}_killed"] = sum(1 for r in xs if r["exit_s"] is None)
-        x["lost"] = sum(int(r.get("lost") or 0) for r in runs if r["worker"] == name)
-        x["started"] = sum(int(r.get("started") or 0) for r in runs if r["worker"] == name)
+        mine = [r for r in runs if r["worker"] == name]
+        x["lost"] = sum(int(r.get("lost") or 0) for r in mine)
+        x["lost_load"] = sum(int(r.get("lost") or 0) for r in mine if r["phase"] != "shutdown")
+        for mode in ("legacy", "capability"):
+            ms = [r for r in sh if r["server_mode"] == mode]
+            if ms:
+                x[f"lost_stop_{mode}"] = sum(int(r.get("lost") or 0) for r in ms)
+                x[f"stops_{mode}"] = len(ms)
+        x["started"] = sum(int(r.get("started") or 0) for r in mine)
+        ex = [r["exit_s"] for r in sh if r.get("exit_s") is not None]
+        if sh:
+            x["stop_slowest_ms"] = max(ex) * 1000 if ex else None
+            x["stops_killed"] = sum(1 for r in sh if r.get("exit_s") is None)
         s[name] = x
     return s
 
 
+# Metrics measured in every repetition: their tprefork / peer ratios are taken per repetition (same
+# machine state, benchmark.md section 4) and then the median of those; the others use the medians.
+PAIRED = {"throughput": ("throughput", "throughput"),
+          "worker_cpu_per_1k": ("throughput", "worker_cpu_per_1k"),
+          "server_cpu_per_1k": ("throughput", "server_cpu_per_1k"),
+          "s2s_p50_ms": ("latency", "p50"), "s2s_p99_ms": ("latency", "p99")}
+
+
+def paired_ratio(runs: list[dict[str, Any]], a: str, b: str, key: str) -> float | None:
+    phase, field = PAIRED[key]
+
+    def val(r: dict[str, Any]) -> Any:
+        return (r.get("s2s_ms") or {}).get(field) if phase == "latency" else r.get(field)
+
+    per: list[float] = []
+    for rep in sorted({r.get("rep") for r in runs if r["phase"] == phase}):
+        va = [val(r) for r in runs if r["phase"] == phase and r.get("rep") == rep and r["worker"] == a]
+        vb = [val(r) for r in runs if r["phase"] == phase and r.get("rep") == rep and r["worker"] == b]
+        if va and vb and isinstance(va[0], (int, float)) and isinstance(vb[0], (int, float)) and vb[0]:
+            per.append(va[0] / vb[0])
+    return median(per) if per else None
+
+
+def ratio(summary: dict[str, dict[str, Any]], runs: list[dict[str, Any]], a: str, b: str, key: str) -> float | None:
+    if key in PAIRED:
+        v = paired_ratio(runs, a, b, key)
+        if v is not None:
+            return v
+    x, y = summary.get(a, {}).get(key), summary.get(b, {}).get(key)
+    if key == "idle_child_rss_mib":
+        y = summary.get(b, {}).get("idle_max_proc_rss_mib")
+    return x / y if isinstance(x, (int, float)) and isinstance(y, (int, float)) and y else None
+
+
 ROWS = [
-    ("throughput", "throughput (activities/s, median)", "{:.1f}"),
+    ("throughput", "throughput (activities/s)", "{:.1f}"),
     ("worker_cpu_per_1k", "worker-tree CPU s / 1000 activities", "{:.3f}"),
     ("root_cpu_per_1k", "  tprefork master / 1000", "{:.3f}"),
     ("others_cpu_per_1k", "  tprefork children / 1000", "{:.3f}"),
-    ("idle_cpu_pct", "idle worker CPU (% of a core)", "{:.2f}"),
     ("server_cpu_per_1k", "server CPU s / 1000 activities", "{:.2f}"),
     ("throughput_of_ceiling", "throughput / CPU-bound server ceiling", "{:.2f}"),
     ("other_cpu_cores", "other users' load in the window (cores)", "{:.2f}"),
@@ -698,7 +752,10 @@ ROWS = [
     ("stop_idle_capability_ms", "SIGTERM->exit idle, capability server (ms)", "{:.0f}"),
     ("stop_inflight_legacy_ms", "SIGTERM->exit, 20 x 2 s in flight, legacy (ms)", "{:.0f}"),
     ("stop_inflight_capability_ms", "SIGTERM->exit, 20 x 2 s in flight, capability (ms)", "{:.0f}"),
-    ("lost", "activities lost (all phases)", "{:d}"),
+    ("stop_slowest_ms", "slowest stop of all (ms)", "{:.0f}"),
+    ("lost_load", "activities lost: throughput + latency phases", "{:d}"),
+    ("lost_stop_legacy", "activities lost: stops, legacy server", "{:d}"),
+    ("lost_stop_capability", "activities lost: stops, capability server", "{:d}"),
 ]
 
 
@@ -711,49 +768,49 @@ def fmt(v: Any, f: str) -> str:
         return str(v)
 
 
-def table(summary: dict[str, dict[str, Any]], names: list[str]) -> str:
+def table(summary: dict[str, dict[str, Any]], names: list[str], runs: list[dict[str, Any]]) -> str:
     tp = "tprefork-plugin" if "tprefork-plugin" in summary else "tprefork-exec"
     cols = names + [f"{tp} / go", f"{tp} / python"]
     lines = ["| metric | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for key, label, f in ROWS:
         row = [fmt(summary.get(n, {}).get(key), f) for n in names]
         for peer in ("go", "python"):
-            a, b = summary.get(tp, {}).get(key), summary.get(peer, {}).get(key)
-            if key == "idle_child_rss_mib":
-                b = summary.get(peer, {}).get("idle_max_proc_rss_mib")
-            row.append(f"{a / b:.3f}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else "-")
+            v = ratio(summary, runs, tp, peer, key) if not key.startswith(("lost", "stops", "other")) else None
+            row.append(f"{v:.3f}" if v is not None else "-")
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
-def targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    tp = summary.get("tprefork-plugin") or summary.get("tprefork-exec") or {}
-    go, py = summary.get("go", {}), summary.get("python", {})
+def targets(summary: dict[str, dict[str, Any]], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    tpn = "tprefork-plugin" if "tprefork-plugin" in summary else "tprefork-exec"
+    tp = summary.get(tpn, {})
     out = []
 
     def add(name: str, value: Any, limit: Any, ok: bool | None) -> None:
-        out.append({"target": name, "value": value, "limit": limit, "met": ok})
+        out.append({"target": f"{name} ({tpn})", "value": value, "limit": limit, "met": ok})
 
-    def r(a: Any, b: Any) -> float | None:
-        return a / b if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else None
+    def r(key: str, peer: str) -> float | None:
+        return ratio(summary, runs, tpn, peer, key)
 
-    cg, cp = r(tp.get("worker_cpu_per_1k"), go.get("worker_cpu_per_1k")), r(tp.get("worker_cpu_per_1k"), py.get("worker_cpu_per_1k"))
+    cg, cp = r("worker_cpu_per_1k", "go"), r("worker_cpu_per_1k", "python")
     add("worker CPU/1k <= 0.2 x Go", cg, 0.2, cg is not None and cg <= 0.2)
     add("worker CPU/1k <= 0.05 x Python", cp, 0.05, cp is not None and cp <= 0.05)
-    tg = r(tp.get("throughput"), go.get("throughput"))
+    tg = r("throughput", "go")
     add("throughput >= Go", tg, 1.0, tg is not None and tg >= 1.0)
     tc = tp.get("throughput_of_ceiling")
     add("throughput >= 0.9 x server-bound ceiling (CPU)", tc, 0.9, tc is not None and tc >= 0.9)
-    rg = r(tp.get("idle_child_rss_mib"), go.get("idle_max_proc_rss_mib"))
+    rg = r("idle_child_rss_mib", "go")
     add("idle RSS of one child <= 0.25 x Go RSS", rg, 0.25, rg is not None and rg <= 0.25)
-    pg = r(tp.get("idle_tree_pss_mib"), go.get("idle_max_proc_rss_mib"))
+    pg = ratio(summary, runs, tpn, "go", "idle_tree_pss_mib")
+    gr = summary.get("go", {}).get("idle_max_proc_rss_mib")
+    pg = tp.get("idle_tree_pss_mib") / gr if tp.get("idle_tree_pss_mib") and gr else None
     add("tree PSS (2 children) <= Go RSS", pg, 1.0, pg is not None and pg <= 1.0)
-    sg = r(tp.get("s2s_p99_ms"), go.get("s2s_p99_ms"))
+    sg = r("s2s_p99_ms", "go")
     add("s2s p99 at half load <= Go", sg, 1.0, sg is not None and sg <= 1.0)
     st = tp.get("stop_idle_capability_ms")
     add("idle stop with the server capability <= 100 ms", st, 100, st is not None and st <= 100)
-    add("activities lost == 0", sum(v.get("lost", 0) for v in summary.values()), 0,
-        all(v.get("lost", 0) == 0 for v in summary.values()))
+    lost = {n: v.get("lost", 0) for n, v in summary.items()}
+    add("activities lost == 0 (every worker, every phase)", sum(lost.values()), 0, sum(lost.values()) == 0)
     return out
 
 
@@ -930,26 +987,44 @@ async def amain(a: argparse.Namespace) -> int:
 
                 await with_server(f"s{rep}-{mode}", capability, body)
 
+    doc["duration_s"] = time.monotonic() - t_begin
+    finish(doc, names, out)
+    log(f"done in {doc['duration_s']:.0f} s; results: {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+def finish(doc: dict[str, Any], names: list[str], out: Path) -> None:
+    """Summary, ratios, targets and the Markdown table of a run; written into out (.json and .md)."""
+    runs = doc["runs"]
     summ = summarize(runs, names)
     doc["summary"] = summ
-    doc["targets"] = targets(summ)
-    doc["table"] = table(summ, names)
-    doc["duration_s"] = time.monotonic() - t_begin
-    save()
-    md = out.with_suffix(".md")
-    md.write_text(f"# Benchmark {stamp}{' (quick)' if a.quick else ''}\n\n`{doc['command']}`\n\n"
-                  f"{info['machine']['cpu']} x{NCPU}, {info['machine']['mem_gib']} GiB, kernel "
-                  f"{info['machine']['kernel']}; {info['versions']['temporal_cli']}; Go SDK "
-                  f"{info['versions']['go_sdk']}; Python SDK {info['versions']['python_sdk']}; tprefork "
-                  f"{info['versions']['tprefork']}\n\n{doc['table']}\n\nTargets:\n\n" +
-                  "\n".join(f"- {t['target']}: {fmt(t['value'], '{:.3f}')} -> {'met' if t['met'] else 'MISSED'}"
-                            for t in doc["targets"]) + "\n")
+    doc["targets"] = targets(summ, runs)
+    doc["table"] = table(summ, names, runs)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=1, default=str))
+    tmp.replace(out)
+    m, v = doc["machine"], doc["versions"]
+    title = out.stem
+    out.with_suffix(".md").write_text(
+        f"# Benchmark {title}{' (quick)' if doc.get('quick') else ''}\n\n`{doc['command']}`\n\n"
+        f"{m['cpu']} x{m['nproc']}, {m['mem_gib']} GiB, kernel {m['kernel']}; {v['temporal_cli']}; "
+        f"Go SDK {v['go_sdk']}; Python SDK {v['python_sdk']}; tprefork {v['tprefork']}\n\n"
+        f"{doc['table']}\n\nTargets:\n\n" +
+        "\n".join(f"- {t['target']}: {fmt(t['value'], '{:.3f}')} -> {'met' if t['met'] else 'MISSED'}"
+                  for t in doc["targets"]) + "\n")
     print()
     print(doc["table"])
     print()
     for t in doc["targets"]:
         print(f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {fmt(t['value'], '{:.3f}')}")
-    log(f"done in {doc['duration_s']:.0f} s; results: {out} and {md}")
+
+
+def resummarize(path: str) -> int:
+    """Recompute the summary, ratios, targets and table of a saved result (the runs are kept)."""
+    out = Path(path)
+    doc = json.loads(out.read_text())
+    seen = {r["worker"] for r in doc["runs"]}
+    finish(doc, [n for n in SPECS if n in seen], out)
     return 0
 
 
@@ -966,13 +1041,18 @@ def main() -> int:
     ap.add_argument("--phases", default="throughput,latency,shutdown", help="phases to run")
     ap.add_argument("--out", help="result file (default bench/results/<time>.json)")
     ap.add_argument("--workdir", help="logs and configurations (default /tmp/tprefork-bench-<time>)")
-    ap.add_argument("--tprefork", required=True)
+    ap.add_argument("--resummarize", metavar="RESULT.json", help="only recompute the summary of a saved result")
+    ap.add_argument("--tprefork")
     ap.add_argument("--plugin", default="")
-    ap.add_argument("--go-worker", required=True)
-    ap.add_argument("--driver", required=True)
-    ap.add_argument("--temporal", required=True)
+    ap.add_argument("--go-worker")
+    ap.add_argument("--driver")
+    ap.add_argument("--temporal")
     ap.add_argument("--command", default="", help="the command line to record")
     a = ap.parse_args()
+    if a.resummarize:
+        return resummarize(a.resummarize)
+    if not (a.tprefork and a.go_worker and a.driver and a.temporal):
+        ap.error("--tprefork, --go-worker, --driver and --temporal are required (bench/run.sh passes them)")
     a.argv0 = [a.command] if a.command else sys.argv
     return asyncio.run(amain(a))
 

@@ -69,4 +69,4 @@ fi
 step "set-up and builds took $(( $(date +%s) - t0 )) s"
 exec "$root/.venv/bin/python" "$root/bench/bench.py" --tprefork "$tprefork" --plugin "$plugin" \
 	--go-worker "$out/bench-go-worker" --driver "$out/bench-driver" --temporal "$root/.venv/bin/temporal" \
-	--command "bench/run.sh $*" "$@"
+	--command "bench/run.sh${*:+ $*}" "$@"

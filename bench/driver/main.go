@@ -314,7 +314,7 @@ loop:
 	emit(map[string]any{"mode": "open", "offered_rate": rate, "issued": seq, "started": st.started.Load(),
 		"start_errors": st.errors.Load(), "first_error": st.firstError,
 		"achieved_start_rate": float64(st.started.Load()) / elapsed.Seconds(),
-		"samples": len(s2s), "not_started": notStarted, "attempts_gt1": attemptsGt1,
+		"samples":             len(s2s), "not_started": notStarted, "attempts_gt1": attemptsGt1,
 		"describe_errors": describeErrors, "counts": final,
 		"s2s_ms": map[string]float64{"p50": percentile(s2s, 50), "p90": percentile(s2s, 90),
 			"p99": percentile(s2s, 99), "max": percentile(s2s, 100), "mean": mean}})
@@ -360,23 +360,31 @@ func runStart(ctx context.Context, d *driver, n int64, waitStarted bool, timeout
 func runVerify(ctx context.Context, d *driver, n int64, timeout time.Duration) {
 	deadline := time.Now().Add(timeout)
 	var res map[string]int64
+	var open []map[string]string
 	for {
 		res = map[string]int64{}
+		open = nil
 		var mu sync.Mutex
 		djobs, dwg := pool(16, func(s int64) {
 			r, err := d.describe(ctx, s)
 			k := "Unknown"
+			mu.Lock()
+			defer mu.Unlock()
 			if err == nil && r.Info != nil {
 				k = r.Info.Status.String()
 				if r.Info.Attempt > 1 {
-					mu.Lock()
 					res["attempts_gt1"]++
-					mu.Unlock()
+				}
+				if r.Info.Status != enumspb.ACTIVITY_EXECUTION_STATUS_COMPLETED {
+					started := ""
+					if r.Info.LastStartedTime != nil {
+						started = r.Info.LastStartedTime.AsTime().Format(time.RFC3339Nano)
+					}
+					open = append(open, map[string]string{"id": d.id(s), "status": k,
+						"started": started, "worker": r.Info.LastWorkerIdentity})
 				}
 			}
-			mu.Lock()
 			res[k]++
-			mu.Unlock()
 		})
 		for s := int64(1); s <= n; s++ {
 			djobs <- s
@@ -388,7 +396,7 @@ func runVerify(ctx context.Context, d *driver, n int64, timeout time.Duration) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	emit(map[string]any{"mode": "verify", "statuses": res})
+	emit(map[string]any{"mode": "verify", "statuses": res, "not_completed": open})
 }
 
 func main() {
