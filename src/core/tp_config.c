@@ -263,7 +263,8 @@ static void
 parse_workers(struct ctx *c, const config_setting_t *w)
 {
 	static const char *const keys[] = { "count", "max_concurrent_activities", "pollers",
-		"shutdown_timeout", "cancel_grace", "poll_timeout", "child_timeout", "report_retry", NULL };
+		"shutdown_timeout", "cancel_grace", "poll_timeout", "poll_drain_wait", "child_timeout",
+		"report_retry", NULL };
 	struct tp_config *cfg = c->cfg;
 
 	if (w == NULL)
@@ -280,6 +281,7 @@ parse_workers(struct ctx *c, const config_setting_t *w)
 	get_int_field(c, w, "cancel_grace", 0, 3600, &cfg->cancel_grace_ms, 1000);
 	/* The server rejects poll deadlines under 2 s and warns under 10 s. */
 	get_int_field(c, w, "poll_timeout", 2, 600, &cfg->poll_timeout_ms, 1000);
+	get_int_field(c, w, "poll_drain_wait", 0, 3600, &cfg->poll_drain_wait_ms, 1000);
 	get_int_field(c, w, "child_timeout", 1, 3600, &cfg->child_timeout_ms, 1000);
 	get_int_field(c, w, "report_retry", 1, 86400, &cfg->report_retry_ms, 1000);
 }
@@ -626,6 +628,7 @@ set_defaults(struct tp_config *cfg)
 	cfg->shutdown_timeout_ms = 30000;
 	cfg->cancel_grace_ms = 5000;
 	cfg->poll_timeout_ms = 70000;
+	cfg->poll_drain_wait_ms = -1000;   /* unset: until the cancel phase (see validate) */
 	cfg->child_timeout_ms = 60000;
 	cfg->log_level = TP_LOG_INFO;
 	cfg->report_retry_ms = 60000;
@@ -697,6 +700,12 @@ static void
 validate(struct ctx *c)
 {
 	struct tp_config *cfg = c->cfg;
+
+	/* Without the server's poll completion, open polls are waited for until the drain's cancel
+	 * phase by default, so a task handed over at the stop is still run. */
+	if (cfg->poll_drain_wait_ms < 0)
+		cfg->poll_drain_wait_ms = cfg->shutdown_timeout_ms > cfg->cancel_grace_ms
+		    ? cfg->shutdown_timeout_ms - cfg->cancel_grace_ms : 0;
 
 	split_address(c, 1, cfg->address);
 	if (cfg->namespace_[0] == '\0')

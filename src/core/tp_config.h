@@ -65,6 +65,8 @@ struct tp_config {
 	int    shutdown_timeout_ms;
 	int    cancel_grace_ms;
 	int    poll_timeout_ms;      /* grpc-timeout of a poll */
+	int    poll_drain_wait_ms;   /* without the server capability: how long a drain waits for open
+	                              * polls before cancelling them (default: shutdown - cancel_grace) */
 	int    child_timeout_ms;     /* a child silent for longer is replaced */
 	int    report_retry_ms;      /* a child retries a report this long, then hands it to the master */
 

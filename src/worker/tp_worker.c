@@ -98,6 +98,7 @@ struct worker {
 	int                      drain_signals;  /* drain requests seen */
 	struct tp_channel       *ch;             /* to the master; NULL standalone */
 	struct event            *stats_ev;
+	struct event            *poll_drain_ev;  /* bounded wait for open polls (no capability) */
 	int                      exit_status;
 	unsigned long            completed, failed, cancelled;
 };
@@ -823,22 +824,41 @@ begin_drain(struct worker *w)
 		w->shutdown_call = tp_temporal_shutdown_worker(w->tc, w->cfg->task_queue, w->key,
 		    "graceful shutdown", on_shutdown_worker_done, w);
 	if (!w->poll_complete_cap && w->polls_open > 0) {
-		cancel_open_polls(w);
-		tp_log_info("polls closed (cancelled: the server lacks worker_poll_complete_on_shutdown):"
-		    " %d task(s) still in flight", w->tasks_held);
+		/* Without the capability an open poll cannot end early without risk: wait for it
+		 * (a task it returns is run) up to poll_drain_wait, then cancel what is left. */
+		tp_log_info("the server lacks worker_poll_complete_on_shutdown: waiting up to %d ms "
+		    "for %d open poll(s)", w->cfg->poll_drain_wait_ms, w->polls_open);
+		tp_timer_in(w->poll_drain_ev, w->cfg->poll_drain_wait_ms);
 	} else if (w->polls_open == 0) {
 		tp_log_info("polls closed: %d task(s) still in flight", w->tasks_held);
 	}
 	check_drained(w);
 }
 
-/* Cancel every running activity; each is reported as a retryable WorkerShutdown failure. */
+static void
+on_poll_drain_timer(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+
+	if (w->polls_open == 0)
+		return;
+	tp_log_info("cancelling %d open poll(s) (a task the server hands over at this instant waits "
+	    "for its timeout)", w->polls_open);
+	cancel_open_polls(w);
+	tp_log_info("polls closed (cancelled): %d task(s) still in flight", w->tasks_held);
+	check_drained(w);
+}
+
+/* Cancel every running activity (each is reported as a retryable WorkerShutdown failure) and any
+ * poll still open. */
 static void
 cancel_all(struct worker *w)
 {
 	if (w->cancelling)
 		return;
 	w->cancelling = true;
+	if (w->polls_open > 0)
+		on_poll_drain_timer(-1, 0, w);
 	tp_log_info("cancelling %d running activit%s", w->tasks_held,
 	    w->tasks_held == 1 ? "y" : "ies");
 	for (struct task *t = w->tasks; t; t = t->next) {
@@ -1017,6 +1037,8 @@ worker_free(struct worker *w)
 		event_free(w->describe_ev);
 	if (w->stats_ev)
 		event_free(w->stats_ev);
+	if (w->poll_drain_ev)
+		event_free(w->poll_drain_ev);
 	tp_channel_free(w->ch);
 	event_base_free(w->base);
 }
@@ -1041,6 +1063,7 @@ tp_worker_run(const struct tp_worker_opts *o)
 	tp_backoff_init(&w.describe_backoff, 200, 10000, 2.0, 0.2);
 	w.poll_retry_ev = evtimer_new(w.base, on_poll_retry, &w);
 	w.describe_ev = evtimer_new(w.base, on_describe_timer, &w);
+	w.poll_drain_ev = evtimer_new(w.base, on_poll_drain_timer, &w);
 	setup_signals(&w);
 	if (o->channel_fd >= 0) {
 		struct tp_channel_callbacks ccb = { on_channel_msg, on_channel_error, &w };

@@ -151,12 +151,20 @@ def test_stragglers_killed_at_deadline_and_retried_at_once(server, tprefork, tmp
 
 # ---- 3. idle stop in both server modes --------------------------------------------------------------
 
-@pytest.mark.parametrize("mode", ["capability", "legacy"])
+@pytest.mark.parametrize("mode", ["capability", "legacy-cancel", "legacy-wait"])
 def test_idle_stop_latency(request, mode, tprefork, tmp_path):
+    """With the capability the server completes open polls at once. Without it the drain either
+    cancels them at once (poll_drain_wait = 0, the SDKs' choice: a task matched at that instant waits
+    for its timeout) or, by default, waits for them (bounded; here a 4 s poll) and runs what they bring."""
     env = request.getfixturevalue("server" if mode == "capability" else "server_legacy")
     md = tmp_path / "markers"
     md.mkdir()
-    cfg = {"workers": {"count": 2, "pollers": 2}, "activities": [sleeper(md)]}
+    workers = {"count": 2, "pollers": 2}
+    if mode == "legacy-cancel":
+        workers["poll_drain_wait"] = 0
+    if mode == "legacy-wait":
+        workers["poll_timeout"] = 4
+    cfg = {"workers": workers, "activities": [sleeper(md)]}
     tp = tprefork(cfg, server=env, wait_ready=True)
     cap = "yes" if mode == "capability" else "no"
     assert f"poll_complete_on_shutdown={cap}" in tp.log()
@@ -173,7 +181,12 @@ def test_idle_stop_latency(request, mode, tprefork, tmp_path):
     print(f"\nFIGURES idle stop ({mode}): latency={latency * 1000:.0f} ms, exit={rc}, "
           f"lost={sum('ok' not in o for o in out)}")
     assert rc == 0
-    assert latency < 1.0, f"idle stop took {latency:.2f} s"
+    if mode == "legacy-wait":
+        assert 0.5 < latency < 6.0, f"idle stop took {latency:.2f} s with 4 s polls"
+        assert "waiting up to 8000 ms for 2 open poll(s)" in tp.log()
+        assert "cancelling" not in tp.log(), "the polls should have completed by themselves"
+    else:
+        assert latency < 1.0, f"idle stop took {latency:.2f} s"
     assert all("ok" in o for o in out), out
 
 

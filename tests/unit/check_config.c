@@ -49,6 +49,7 @@ START_TEST(defaults)
 	ck_assert_int_eq(cfg->shutdown_timeout_ms, 30000);
 	ck_assert_int_eq(cfg->cancel_grace_ms, 5000);
 	ck_assert_int_eq(cfg->poll_timeout_ms, 70000);
+	ck_assert_int_eq(cfg->poll_drain_wait_ms, 25000);   /* shutdown_timeout - cancel_grace */
 	ck_assert(!cfg->tls);
 	ck_assert_uint_eq(cfg->nactivities, 1);
 	ck_assert_str_eq(cfg->activities[0].argv[0], "/usr/bin/cat");
