@@ -27,6 +27,9 @@ typedef Temporal__Api__Workflowservice__V1__PollActivityTaskQueueResponse poll_r
 /* Heartbeat throttling (temporal-protocol.md §5). */
 #define HB_DEFAULT_INTERVAL_MS 30000
 #define HB_MAX_INTERVAL_MS 60000
+/* With the poll-completion capability, ShutdownWorker is sent again this long after its answer
+ * while polls stay open. */
+#define SHUTDOWN_AGAIN_MS 2000
 /* stderr lines logged per activity before the rest is suppressed. */
 #define STDERR_LINES_MAX 100
 
@@ -98,7 +101,8 @@ struct worker {
 	int                      drain_signals;  /* drain requests seen */
 	struct tp_channel       *ch;             /* to the master; NULL standalone */
 	struct event            *stats_ev;
-	struct event            *poll_drain_ev;  /* bounded wait for open polls (no capability) */
+	struct event            *poll_drain_ev;  /* bounded wait for open polls at a drain */
+	struct event            *shutdown_again_ev; /* re-send ShutdownWorker while polls stay open */
 	int                      exit_status;
 	unsigned long            completed, failed, cancelled;
 };
@@ -791,13 +795,28 @@ on_shutdown_worker_done(void *arg, const struct tp_temporal_status *st, Protobuf
 		protobuf_c_message_free_unpacked(resp, NULL);
 	if (st->code != TP_GRPC_OK && st->code != TP_GRPC_UNIMPLEMENTED)
 		tp_log_warnx("ShutdownWorker failed: %s: %s", tp_grpc_code_name(st->code), st->message);
+	/* A poll that reached the server just as it handled ShutdownWorker can miss it (a race
+	 * servers fix in their own time): ask again while polls stay open. */
+	if (w->poll_complete_cap && w->polls_open > 0 && !w->closing)
+		tp_timer_in(w->shutdown_again_ev, SHUTDOWN_AGAIN_MS);
 	check_drained(w);
 }
 
-/* Without the server capability an open poll cannot end early without risk; the policy is the
- * SDKs' default: cancel it at once (a task the server hands over at that instant waits for its
- * timeout). With the capability, polls complete (empty) after ShutdownWorker and any task they
- * bring is run. */
+static void
+on_shutdown_again(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+
+	if (w->polls_open == 0 || w->shutdown_call != NULL || w->closing)
+		return;
+	tp_log_info("%d poll(s) still open %d ms after ShutdownWorker; sending it again",
+	    w->polls_open, SHUTDOWN_AGAIN_MS);
+	w->shutdown_call = tp_temporal_shutdown_worker(w->tc, w->cfg->task_queue, w->key,
+	    "graceful shutdown", on_shutdown_worker_done, w);
+}
+
+/* Cancel every open poll (RST_STREAM). A task the server matched to one at that instant waits for its
+ * start-to-close timeout, which is why a drain first waits for the polls (begin_drain). */
 static void
 cancel_open_polls(struct worker *w)
 {
@@ -823,13 +842,16 @@ begin_drain(struct worker *w)
 	if (w->ready)
 		w->shutdown_call = tp_temporal_shutdown_worker(w->tc, w->cfg->task_queue, w->key,
 		    "graceful shutdown", on_shutdown_worker_done, w);
-	if (!w->poll_complete_cap && w->polls_open > 0) {
+	if (w->polls_open > 0) {
 		/* Without the capability an open poll cannot end early without risk: wait for it
-		 * (a task it returns is run) up to poll_drain_wait, then cancel what is left. */
-		tp_log_info("the server lacks worker_poll_complete_on_shutdown: waiting up to %d ms "
-		    "for %d open poll(s)", w->cfg->poll_drain_wait_ms, w->polls_open);
+		 * (a task it returns is run) up to poll_drain_wait, then cancel what is left. With
+		 * it the server completes the polls at once; the same bound guards against a poll it
+		 * misses. */
+		if (!w->poll_complete_cap)
+			tp_log_info("the server lacks worker_poll_complete_on_shutdown: waiting up to %d ms "
+			    "for %d open poll(s)", w->cfg->poll_drain_wait_ms, w->polls_open);
 		tp_timer_in(w->poll_drain_ev, w->cfg->poll_drain_wait_ms);
-	} else if (w->polls_open == 0) {
+	} else {
 		tp_log_info("polls closed: %d task(s) still in flight", w->tasks_held);
 	}
 	check_drained(w);
@@ -1039,6 +1061,8 @@ worker_free(struct worker *w)
 		event_free(w->stats_ev);
 	if (w->poll_drain_ev)
 		event_free(w->poll_drain_ev);
+	if (w->shutdown_again_ev)
+		event_free(w->shutdown_again_ev);
 	tp_channel_free(w->ch);
 	event_base_free(w->base);
 }
@@ -1064,6 +1088,7 @@ tp_worker_run(const struct tp_worker_opts *o)
 	w.poll_retry_ev = evtimer_new(w.base, on_poll_retry, &w);
 	w.describe_ev = evtimer_new(w.base, on_describe_timer, &w);
 	w.poll_drain_ev = evtimer_new(w.base, on_poll_drain_timer, &w);
+	w.shutdown_again_ev = evtimer_new(w.base, on_shutdown_again, &w);
 	setup_signals(&w);
 	if (o->channel_fd >= 0) {
 		struct tp_channel_callbacks ccb = { on_channel_msg, on_channel_error, &w };
