@@ -104,6 +104,7 @@ struct tp_h2_conn {
 	struct evutil_addrinfo  *ai_next;    /* the next one to try */
 
 	struct bufferevent    *bev;
+	struct event          *rd_ev;        /* cleartext: our own read of the socket (see on_sock_read) */
 	nghttp2_session       *session;
 	struct event          *timer_ev;     /* connect timeout, later the close grace */
 	struct event          *ping_ev;      /* keepalive interval (persistent) */
@@ -423,6 +424,7 @@ fail:
 }
 
 static void on_bev_read(struct bufferevent *bev, void *arg);
+static void on_sock_read(evutil_socket_t fd, short what, void *arg);
 static void on_bev_write(struct bufferevent *bev, void *arg);
 static void on_bev_event(struct bufferevent *bev, short what, void *arg);
 
@@ -764,6 +766,19 @@ on_connected(struct tp_h2_conn *c)
 		conn_fail(c, "cannot start the HTTP/2 session: %s", nghttp2_strerror(rv));
 		return;
 	}
+	if (c->ssl_ctx == NULL) {
+		c->rd_ev = event_new(c->base, bufferevent_getfd(c->bev), EV_READ | EV_PERSIST,
+		    on_sock_read, c);
+		if (c->rd_ev == NULL || event_add(c->rd_ev, NULL) != 0) {
+			conn_fail(c, "cannot watch the socket");
+			return;
+		}
+		bufferevent_disable(c->bev, EV_READ);
+		if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
+			on_bev_read(c->bev, c);   /* whatever the bufferevent read before the switch */
+			return;
+		}
+	}
 	flush(c);
 }
 
@@ -890,6 +905,54 @@ on_bev_read(struct bufferevent *bev, void *arg)
 			return;
 		}
 		evbuffer_drain(in, n);
+	}
+	flush(c);
+}
+
+/* Cleartext reads bypass the bufferevent: it asks the kernel how much is readable (FIONREAD) before
+ * every read and copies into its buffer; here one recv() into the stack per wake-up (four or five per
+ * activity) goes straight to nghttp2, which consumes all of it. TLS keeps the bufferevent. */
+static void
+on_sock_read(evutil_socket_t fd, short what, void *arg)
+{
+	struct tp_h2_conn *c = arg;
+	unsigned char buf[16384];
+	ssize_t n;
+
+	(void)what;
+	for (int i = 0; i < 4 && c->session != NULL; i++) {
+		tp_h2_ssize rv;
+
+		n = recv(fd, buf, sizeof(buf), 0);
+		if (n == 0) {
+			on_transport_lost(c, BEV_EVENT_READING | BEV_EVENT_EOF);
+			return;
+		}
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				break;
+			on_transport_lost(c, BEV_EVENT_READING | BEV_EVENT_ERROR);
+			return;
+		}
+		c->in_session++;
+#ifdef TP_H2_NEW_API
+		rv = nghttp2_session_mem_recv2(c->session, buf, (size_t)n);
+#else
+		rv = nghttp2_session_mem_recv(c->session, buf, (size_t)n);
+#endif
+		c->in_session--;
+		if (c->fail_pending) {
+			conn_close(c);
+			return;
+		}
+		if (rv < 0) {
+			conn_fail(c, "HTTP/2 error: %s", nghttp2_strerror((int)rv));
+			return;
+		}
+		if ((size_t)n < sizeof(buf))
+			break;
 	}
 	flush(c);
 }
@@ -1055,6 +1118,10 @@ teardown(struct tp_h2_conn *c)
 	if (c->session != NULL) {
 		nghttp2_session_del(c->session);
 		c->session = NULL;
+	}
+	if (c->rd_ev != NULL) {
+		event_free(c->rd_ev);
+		c->rd_ev = NULL;
 	}
 	if (c->bev != NULL) {
 		bufferevent_free(c->bev);
