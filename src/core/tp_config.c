@@ -318,7 +318,8 @@ parse_log(struct ctx *c, const config_setting_t *l)
 static void
 parse_journal(struct ctx *c, const config_setting_t *j)
 {
-	static const char *const keys[] = { "path", "enabled", "synchronous", "memory_cap", NULL };
+	static const char *const keys[] = { "path", "enabled", "synchronous", "memory_cap",
+		"commit_delay", NULL };
 	static const char *const syncs[] = { "off", "normal", "full", NULL };
 	struct tp_config *cfg = c->cfg;
 	char *sync = NULL;
@@ -349,6 +350,8 @@ parse_journal(struct ctx *c, const config_setting_t *j)
 	cap = cfg->journal_memory_cap / (1024 * 1024);
 	get_int(c, j, "memory_cap", 1, 1024 * 1024, &cap);
 	cfg->journal_memory_cap = cap * 1024 * 1024;
+	/* In ms. Up to 1 s: longer only widens the window of a crash for no further gain. */
+	get_int_field(c, j, "commit_delay", 0, 1000, &cfg->journal_commit_delay_ms, 1);
 }
 
 /* Resolve a command to an absolute, executable path (PATH search for a bare name). */
@@ -636,6 +639,7 @@ set_defaults(struct tp_config *cfg)
 	cfg->journal_enabled = true;
 	cfg->journal_sync = 2;
 	cfg->journal_memory_cap = 256L * 1024 * 1024;
+	cfg->journal_commit_delay_ms = 20;
 	cfg->pidfile = tp_xstrdup(TP_LOCALSTATEDIR "/run/tprefork.pid");
 }
 

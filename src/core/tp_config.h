@@ -78,6 +78,7 @@ struct tp_config {
 	bool   journal_enabled;      /* false: no journal (nothing survives a crash; for measurements) */
 	int    journal_sync;         /* synchronous: 0 off, 1 normal, 2 full (tp_journal_sync) */
 	long   journal_memory_cap;   /* bytes of undelivered reports the master holds in memory */
+	int    journal_commit_delay_ms; /* in-flight rows wait this long for their commit (0..1000) */
 	char  *pidfile;
 	char  *status_listen;        /* status endpoint "host:port"; NULL: none */
 	char  *user;

@@ -78,7 +78,9 @@ struct tp_journal {
 	int           lock_fd;     /* <path>.lock, flock'ed: one writer process */
 	sqlite3      *db;
 	sqlite3_stmt *st[NSTMT];
+	enum tp_journal_sync sync; /* the configured level; the connection runs at NORMAL at most */
 	bool          in_txn;
+	bool          txn_result;  /* the open transaction put an outbox row */
 	char          errmsg[256];
 };
 
@@ -273,7 +275,6 @@ prepare_file(const char *path, char *err, size_t errlen)
 static int
 set_pragmas(struct tp_journal *j, enum tp_journal_sync sync)
 {
-	static const char *const sync_names[] = { "OFF", "NORMAL", "FULL" };
 	char sql[256];
 	sqlite3_stmt *s;
 	int rc, code;
@@ -295,11 +296,10 @@ set_pragmas(struct tp_journal *j, enum tp_journal_sync sync)
 		return TP_JOURNAL_ERR_INTERNAL;
 	}
 	sqlite3_finalize(s);
-	if ((unsigned)sync > TP_JOURNAL_SYNC_FULL)
-		sync = TP_JOURNAL_SYNC_FULL;
+	/* NORMAL at most: a commit that needs more syncs the WAL itself (tp_journal_commit). */
 	snprintf(sql, sizeof(sql), "PRAGMA synchronous=%s; PRAGMA temp_store=MEMORY; "
 	    "PRAGMA mmap_size=0; PRAGMA wal_autocheckpoint=%d; PRAGMA journal_size_limit=%d;",
-	    sync_names[sync], WAL_AUTOCHECKPOINT_PAGES, WAL_SIZE_LIMIT);
+	    sync == TP_JOURNAL_SYNC_OFF ? "OFF" : "NORMAL", WAL_AUTOCHECKPOINT_PAGES, WAL_SIZE_LIMIT);
 	return exec_sql(j, sql);
 }
 
@@ -429,6 +429,8 @@ tp_journal_open(const struct tp_journal_opts *o, struct tp_journal **out, char *
 		return TP_JOURNAL_ERR_NOMEM;
 	}
 	j->lock_fd = -1;
+	j->sync = (unsigned)o->synchronous > TP_JOURNAL_SYNC_FULL ? TP_JOURNAL_SYNC_FULL
+	                                                          : o->synchronous;
 	rc = lock_journal(j, o->path, err, errlen);
 	if (rc != TP_JOURNAL_OK) {
 		journal_free(j);
@@ -443,7 +445,7 @@ tp_journal_open(const struct tp_journal_opts *o, struct tp_journal **out, char *
 	sqlite3_extended_result_codes(j->db, 1);
 	sqlite3_busy_timeout(j->db, o->busy_timeout_ms > 0 ? o->busy_timeout_ms
 	                                                   : DEFAULT_BUSY_TIMEOUT_MS);
-	rc = set_pragmas(j, o->synchronous);
+	rc = set_pragmas(j, j->sync);
 	if (rc == TP_JOURNAL_OK)
 		rc = ensure_schema(j);
 	for (int i = 0; i < NSTMT && rc == TP_JOURNAL_OK; i++) {
@@ -491,12 +493,39 @@ tp_journal_begin(struct tp_journal *j)
 	rc = run(j, j->st[S_BEGIN]);
 	if (rc == TP_JOURNAL_OK)
 		j->in_txn = true;
+	j->txn_result = false;
 	return rc;
+}
+
+/* What synchronous=FULL does at a commit in WAL mode (wal.c, sqlite3WalFrames): fsync the WAL,
+ * which holds the commit frame and every frame before it, so earlier NORMAL commits become durable
+ * too. The pragma itself cannot be raised for this one COMMIT: inside a transaction SQLite refuses
+ * it ("Safety level may not be changed inside a transaction", pragma.c), and before BEGIN nobody
+ * knows yet whether a result will be put. The WAL's file object is the one SQLite writes through
+ * (its VFS, the same descriptor). */
+static int
+sync_wal(struct tp_journal *j)
+{
+	sqlite3_file *f = NULL;
+	int rc = sqlite3_file_control(j->db, "main", SQLITE_FCNTL_JOURNAL_POINTER, &f);
+
+	if (rc != SQLITE_OK || f == NULL || f->pMethods == NULL) {
+		snprintf(j->errmsg, sizeof(j->errmsg), "cannot reach the WAL file to sync it (%d)", rc);
+		return TP_JOURNAL_ERR_INTERNAL;
+	}
+	rc = f->pMethods->xSync(f, SQLITE_SYNC_NORMAL);
+	if (rc != SQLITE_OK) {
+		snprintf(j->errmsg, sizeof(j->errmsg), "cannot sync the WAL after a commit: %s (%d)",
+		    sqlite3_errstr(rc), rc);
+		return map_rc(rc);
+	}
+	return TP_JOURNAL_OK;
 }
 
 int
 tp_journal_commit(struct tp_journal *j)
 {
+	bool result = j->txn_result;
 	int rc;
 
 	if (!j->in_txn) {
@@ -506,8 +535,13 @@ tp_journal_commit(struct tp_journal *j)
 	rc = run(j, j->st[S_COMMIT]);
 	/* A failed COMMIT may or may not have rolled back (SQLite's lang_transaction §3): the
 	 * transaction is over only if SQLite is back in autocommit; the caller's rollback settles it. */
-	if (rc == TP_JOURNAL_OK || sqlite3_get_autocommit(j->db))
+	if (rc == TP_JOURNAL_OK || sqlite3_get_autocommit(j->db)) {
 		j->in_txn = false;
+		j->txn_result = false;
+	}
+	/* A result is the only copy there is: on disk before the caller relies on it. */
+	if (rc == TP_JOURNAL_OK && result && j->sync == TP_JOURNAL_SYNC_FULL)
+		rc = sync_wal(j);
 	return rc;
 }
 
@@ -524,6 +558,7 @@ tp_journal_rollback(struct tp_journal *j)
 		memcpy(j->errmsg, keep, sizeof(keep));
 	}
 	j->in_txn = false;
+	j->txn_result = false;
 }
 
 bool
@@ -633,8 +668,11 @@ tp_journal_outbox_put(struct tp_journal *j, const struct tp_journal_outbox *r)
 	if (rc == TP_JOURNAL_OK)
 		rc = bind_text(j, s, 7, r->label);
 	if (rc == TP_JOURNAL_OK)
-		return run(j, s);
-	sqlite3_clear_bindings(s);
+		rc = run(j, s);
+	else
+		sqlite3_clear_bindings(s);
+	if (rc == TP_JOURNAL_OK)
+		j->txn_result = true;
 	return rc;
 }
 

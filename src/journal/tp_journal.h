@@ -5,9 +5,18 @@
  * master and never carried across fork: children re-execute the binary. An exclusive flock on
  * <path>.lock, held while it is open, refuses a second writer.
  *
- * Settings: WAL, `synchronous` FULL (default), NORMAL or OFF, a busy timeout, temporary storage in
- * memory, no mmap, a bounded WAL (auto-checkpoint, journal_size_limit). The file is created 0600 (its
- * -wal and -shm files inherit the mode) in a directory created 0700 when missing.
+ * Settings: WAL, a busy timeout, temporary storage in memory, no mmap, a bounded WAL
+ * (auto-checkpoint, journal_size_limit). The file is created 0600 (its -wal and -shm files inherit
+ * the mode) in a directory created 0700 when missing.
+ *
+ * Sync per transaction (docs/journal.md "Commits: when, and with which sync"): the connection runs
+ * at synchronous=NORMAL (OFF when configured OFF), durable across any crash or kill -9 of the
+ * process; only a power loss or an OS crash may take the newest commits. That is all an in-flight
+ * row, an outbox delete or touch, or the probe needs. A transaction that put an outbox row (a
+ * result: its only copy) is, when FULL is configured, made durable before tp_journal_commit
+ * returns: the WAL is fsync'ed right after COMMIT, which is what synchronous=FULL does at a WAL
+ * commit (and the fsync covers every earlier frame). The pragma cannot be raised for one COMMIT
+ * instead: SQLite refuses to change it inside a transaction.
  *
  * Schema (version TP_JOURNAL_SCHEMA_VERSION, recorded in the table schema_version):
  *   inflight(task_token PK, child_pid, generation, activity_id, activity_type, workflow_id, run_id,
@@ -113,7 +122,9 @@ const char *tp_journal_errmsg(const struct tp_journal *j);
 bool tp_journal_is_transient(int code);
 
 /* BEGIN IMMEDIATE / COMMIT / ROLLBACK. begin fails with ERR_STATE if a transaction is open, commit
- * if none is. rollback is a no-op without a transaction. */
+ * if none is. rollback is a no-op without a transaction. commit returns 0 only once the transaction
+ * is as durable as its content needs (above); if the WAL cannot be synced after a COMMIT of an
+ * outbox row, it returns ERR_IO although the rows are committed: the caller writes them again. */
 int  tp_journal_begin(struct tp_journal *j);
 int  tp_journal_commit(struct tp_journal *j);
 void tp_journal_rollback(struct tp_journal *j);
@@ -124,6 +135,8 @@ int tp_journal_inflight_put(struct tp_journal *j, const struct tp_journal_inflig
 /* Delete the row of token (absent: 0). */
 int tp_journal_inflight_del(struct tp_journal *j, const uint8_t *token, size_t len);
 
+/* Insert or replace the row of r->token. The transaction then commits at the configured
+ * synchronous level. */
 int tp_journal_outbox_put(struct tp_journal *j, const struct tp_journal_outbox *r);
 /* Record a delivery attempt: attempts and next_try_ms of the row of token (absent: 0). */
 int tp_journal_outbox_touch(struct tp_journal *j, const uint8_t *token, size_t len,

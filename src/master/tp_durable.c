@@ -77,8 +77,11 @@ struct tp_durable {
 	struct map               maps[2];
 	struct row              *dirty;        /* rows to write (LIFO; order does not matter) */
 	struct del              *dels;
-	struct event            *flush_ev;
+	struct event            *flush_ev;     /* end of the loop turn */
 	bool                     flush_armed;
+	struct event            *delay_ev;     /* commit_delay_ms after an in-flight change */
+	bool                     delay_armed;
+	int                      commit_delay_ms;
 	bool                     degraded;     /* the last write failed: children paused */
 	int64_t                  retry_at;     /* monotonic: next write attempt while degraded */
 	int                      failures;     /* failed writes in a row */
@@ -198,7 +201,7 @@ row_free(struct row *r)
 	free(r);
 }
 
-static void schedule_flush(struct tp_durable *d);
+static void schedule(struct tp_durable *d, enum table tbl);
 
 /* The row must be written (whole, or only its delivery bookkeeping). */
 static void
@@ -213,7 +216,7 @@ mark(struct tp_durable *d, struct row *r, bool whole)
 		r->dnext = d->dirty;
 		d->dirty = r;
 	}
-	schedule_flush(d);
+	schedule(d, r->tbl);
 }
 
 /* Take r out of its table; a committed row gets a pending DELETE. */
@@ -229,7 +232,7 @@ row_remove(struct tp_durable *d, struct row *r)
 		token_copy(&x->token, r->token.data, r->token.len);
 		x->next = d->dels;
 		d->dels = x;
-		schedule_flush(d);
+		schedule(d, r->tbl);
 	}
 	if (r->call) {
 		tp_temporal_call_cancel(r->call);
@@ -346,18 +349,34 @@ leave_degraded(struct tp_durable *d)
 		d->hooks.backpressure(d->hooks.arg, false);
 }
 
+/* Whether a flush has anything to write: a row that was put and removed since the last commit (a
+ * task that ended within the delay) needs neither its INSERT nor a DELETE. */
+static bool
+pending(const struct tp_durable *d)
+{
+	if (d->dels)
+		return true;
+	for (const struct row *r = d->dirty; r; r = r->dnext)
+		if (!r->dead)
+			return true;
+	return false;
+}
+
 bool
 tp_durable_flush(struct tp_durable *d)
 {
 	int rc;
 
+	/* Whatever triggered it, the flush takes everything pending: the timer is not needed. */
 	d->flush_armed = false;
-	if (d->jr == NULL) {
+	if (d->delay_armed) {
+		evtimer_del(d->delay_ev);
+		d->delay_armed = false;
+	}
+	if (d->jr == NULL || (!d->degraded && !pending(d))) {
 		clear_dirty(d, true);
 		return true;
 	}
-	if (d->dirty == NULL && d->dels == NULL && !d->degraded)
-		return true;
 	rc = write_all(d);
 	if (rc == TP_JOURNAL_OK) {
 		clear_dirty(d, true);
@@ -380,6 +399,16 @@ on_flush(evutil_socket_t fd, short what, void *arg)
 		d->flush_armed = false;
 }
 
+static void
+on_delay(evutil_socket_t fd, short what, void *arg)
+{
+	struct tp_durable *d = arg;
+
+	d->delay_armed = false;
+	if (!d->degraded)
+		tp_durable_flush(d);
+}
+
 /* At the end of this loop turn (degraded: at the next retry). */
 static void
 schedule_flush(struct tp_durable *d)
@@ -388,6 +417,26 @@ schedule_flush(struct tp_durable *d)
 		return;
 	d->flush_armed = true;
 	event_active(d->flush_ev, EV_TIMEOUT, 1);
+}
+
+/* When a change of a row of tbl is written. A result must be on disk at once: the outbox (its
+ * delivery bookkeeping too, which is rare) at the end of this loop turn, taking the in-flight rows
+ * pending along. An in-flight row is only a hint for a restart after a crash of the whole tree (a
+ * lost one leaves its task to the Temporal timeout, nothing is lost): it waits commit_delay_ms
+ * from the first change on, so that about one transaction per delay serves every TaskStarted and
+ * TaskDone instead of one each, and a short task is never written. Not rearmed by later changes: a
+ * row waits at most the delay. */
+static void
+schedule(struct tp_durable *d, enum table tbl)
+{
+	if (tbl != T_INFLIGHT || d->commit_delay_ms <= 0 || d->jr == NULL) {
+		schedule_flush(d);
+		return;
+	}
+	if (d->delay_armed || d->flush_armed || d->degraded)
+		return;
+	d->delay_armed = true;
+	tp_timer_in(d->delay_ev, d->commit_delay_ms);
 }
 
 /* ---- delivery ------------------------------------------------------------------------------- */
@@ -781,8 +830,10 @@ tp_durable_new(const struct tp_durable_opts *o)
 	d->jr = o->jr;
 	d->memory_cap = o->memory_cap;
 	d->hooks = o->hooks;
+	d->commit_delay_ms = o->commit_delay_ms > 0 ? o->commit_delay_ms : 0;
 	d->flush_ev = event_new(o->base, -1, 0, on_flush, d);
-	if (d->flush_ev == NULL)
+	d->delay_ev = evtimer_new(o->base, on_delay, d);
+	if (d->flush_ev == NULL || d->delay_ev == NULL)
 		tp_fatalx("cannot create an event");
 	return d;
 }
@@ -837,6 +888,7 @@ tp_durable_free(struct tp_durable *d)
 	free_map(&d->maps[T_OUTBOX]);
 	clear_dirty(d, true);
 	event_free(d->flush_ev);
+	event_free(d->delay_ev);
 	free(d);
 }
 

@@ -7,8 +7,12 @@
  *              or of a previous run. Each is a serialized Respond*Request, sent through the master's
  *              Temporal client with backoff until the server takes it or answers NOT_FOUND.
  *
- * Group commit: changes are marked dirty and written at the end of the loop turn, all in one
- * transaction (an event made active on the first change runs after the turn's other callbacks).
+ * Group commit: changes are marked dirty and written together, in one transaction. A result (an
+ * outbox row) is written at the end of the loop turn that brought it (an event made active on the
+ * first change runs after the turn's other callbacks), with every other change pending. Changes to
+ * in-flight rows alone wait up to commit_delay ms (write-behind): the rows of several turns share a
+ * transaction, and a task that starts and ends within the delay is never written at all. A crash of
+ * the whole tree within that window leaves the task to its Temporal timeout (docs/journal.md).
  * When a write fails (disk full, I/O error), the changes stay in memory, the backpressure hook asks
  * the children to stop polling, and the write is retried every second (after a WAL checkpoint that
  * may free space) until it succeeds; then the children resume. Undelivered reports are held in memory
@@ -50,13 +54,14 @@ struct tp_durable_opts {
 	struct tp_journal       *jr;          /* NULL: no journal, memory only (not owned) */
 	size_t                   memory_cap;  /* bytes of outbox requests held in memory */
 	struct tp_durable_hooks  hooks;
+	int                      commit_delay_ms; /* in-flight rows only; 0: end of the loop turn */
 };
 
 struct tp_durable;
 
 struct tp_durable *tp_durable_new(const struct tp_durable_opts *o);
-/* Write what is pending (last try), cancel the deliveries in flight and free. The journal stays
- * open (the caller closes it). NULL is accepted. */
+/* Write what is pending, delayed rows too (last try), cancel the deliveries in flight and free.
+ * The journal stays open (the caller closes it). NULL is accepted. */
 void tp_durable_free(struct tp_durable *d);
 
 /* Recover the rows of a previous run (see above) and start delivering. Returns the number of
@@ -84,7 +89,7 @@ bool tp_durable_has_task(const struct tp_durable *d, const ProtobufCBinaryData *
 void tp_durable_tick(struct tp_durable *d);
 /* The stop: try every outbox row once more, now, whatever its backoff. */
 void tp_durable_deliver_now(struct tp_durable *d);
-/* Write what is pending now. Returns true if nothing is left to write. */
+/* Write what is pending now, delayed rows too. Returns true if nothing is left to write. */
 bool tp_durable_flush(struct tp_durable *d);
 
 int    tp_durable_deliveries(const struct tp_durable *d);   /* delivery calls in flight */

@@ -621,12 +621,14 @@ keep_restart_settings(struct tp_config *old, struct tp_config *nw)
 		}
 	}
 	if (old->journal_enabled != nw->journal_enabled || old->journal_sync != nw->journal_sync ||
-	    old->journal_memory_cap != nw->journal_memory_cap)
-		tp_log_warnx("reload: 'journal.enabled', 'journal.synchronous' and 'journal.memory_cap' "
-		    "change only with a restart; keeping them");
+	    old->journal_memory_cap != nw->journal_memory_cap ||
+	    old->journal_commit_delay_ms != nw->journal_commit_delay_ms)
+		tp_log_warnx("reload: 'journal.enabled', 'journal.synchronous', 'journal.memory_cap' and "
+		    "'journal.commit_delay' change only with a restart; keeping them");
 	nw->journal_enabled = old->journal_enabled;
 	nw->journal_sync = old->journal_sync;
 	nw->journal_memory_cap = old->journal_memory_cap;
+	nw->journal_commit_delay_ms = old->journal_commit_delay_ms;
 }
 
 static void
@@ -911,7 +913,7 @@ open_journal(struct master *m)
 	struct tp_journal_opts jo = { m->cfg->journal_path, (enum tp_journal_sync)m->cfg->journal_sync,
 		0 };
 	struct tp_durable_opts d = { m->base, m->tc, NULL, (size_t)m->cfg->journal_memory_cap,
-		{ on_backpressure, on_delivery_done, m } };
+		{ on_backpressure, on_delivery_done, m }, m->cfg->journal_commit_delay_ms };
 	char err[512], check[256];
 	int64_t nin = 0, nout = 0;
 	int rc;

@@ -1,6 +1,7 @@
 /* Unit tests of tp_journal: creation (modes, WAL, schema version), rows and their listing after a
  * reopen or a crash of the writer, transactions, injected and real write failures (a step hook, a
- * file-size limit), a busy database, and files that are not a journal. */
+ * file-size limit), a busy database, files that are not a journal, and the sync of each commit
+ * (a VFS shim that counts the xSync calls SQLite makes). */
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -19,6 +20,204 @@
 static char dir[64];
 static char path[128];
 
+/* ---- a VFS shim: the default VFS, counting the syncs and writes of its files ---------------- */
+
+enum { F_DB, F_WAL, F_OTHER, NFKIND };
+
+struct cfile {
+	sqlite3_file  base;
+	int           kind;
+	sqlite3_file *real;         /* the default VFS's file, right after this struct */
+};
+
+static sqlite3_vfs *real_vfs;
+static sqlite3_vfs count_vfs;
+static int n_sync[NFKIND], n_write[NFKIND];
+static int fail_syncs;          /* fail this many WAL syncs (SQLITE_IOERR_FSYNC) */
+static int wal_writes_at_sync;  /* WAL writes made before its last sync */
+
+#define REAL(f) (((struct cfile *)(f))->real)
+
+static int
+c_close(sqlite3_file *f)
+{
+	return REAL(f)->pMethods->xClose(REAL(f));
+}
+
+static int
+c_read(sqlite3_file *f, void *buf, int n, sqlite3_int64 off)
+{
+	return REAL(f)->pMethods->xRead(REAL(f), buf, n, off);
+}
+
+static int
+c_write(sqlite3_file *f, const void *buf, int n, sqlite3_int64 off)
+{
+	n_write[((struct cfile *)f)->kind]++;
+	return REAL(f)->pMethods->xWrite(REAL(f), buf, n, off);
+}
+
+static int
+c_truncate(sqlite3_file *f, sqlite3_int64 size)
+{
+	return REAL(f)->pMethods->xTruncate(REAL(f), size);
+}
+
+static int
+c_sync(sqlite3_file *f, int flags)
+{
+	int kind = ((struct cfile *)f)->kind;
+
+	n_sync[kind]++;
+	if (kind == F_WAL)
+		wal_writes_at_sync = n_write[F_WAL];
+	if (kind == F_WAL && fail_syncs > 0) {
+		fail_syncs--;
+		return SQLITE_IOERR_FSYNC;
+	}
+	return REAL(f)->pMethods->xSync(REAL(f), flags);
+}
+
+static int
+c_file_size(sqlite3_file *f, sqlite3_int64 *size)
+{
+	return REAL(f)->pMethods->xFileSize(REAL(f), size);
+}
+
+static int
+c_lock(sqlite3_file *f, int level)
+{
+	return REAL(f)->pMethods->xLock(REAL(f), level);
+}
+
+static int
+c_unlock(sqlite3_file *f, int level)
+{
+	return REAL(f)->pMethods->xUnlock(REAL(f), level);
+}
+
+static int
+c_check_reserved(sqlite3_file *f, int *out)
+{
+	return REAL(f)->pMethods->xCheckReservedLock(REAL(f), out);
+}
+
+static int
+c_file_control(sqlite3_file *f, int op, void *arg)
+{
+	return REAL(f)->pMethods->xFileControl(REAL(f), op, arg);
+}
+
+static int
+c_sector_size(sqlite3_file *f)
+{
+	return REAL(f)->pMethods->xSectorSize(REAL(f));
+}
+
+static int
+c_device(sqlite3_file *f)
+{
+	return REAL(f)->pMethods->xDeviceCharacteristics(REAL(f));
+}
+
+static int
+c_shm_map(sqlite3_file *f, int region, int size, int extend, void volatile **p)
+{
+	return REAL(f)->pMethods->xShmMap(REAL(f), region, size, extend, p);
+}
+
+static int
+c_shm_lock(sqlite3_file *f, int offset, int n, int flags)
+{
+	return REAL(f)->pMethods->xShmLock(REAL(f), offset, n, flags);
+}
+
+static void
+c_shm_barrier(sqlite3_file *f)
+{
+	REAL(f)->pMethods->xShmBarrier(REAL(f));
+}
+
+static int
+c_shm_unmap(sqlite3_file *f, int del)
+{
+	return REAL(f)->pMethods->xShmUnmap(REAL(f), del);
+}
+
+static int
+c_fetch(sqlite3_file *f, sqlite3_int64 off, int n, void **p)
+{
+	return REAL(f)->pMethods->xFetch(REAL(f), off, n, p);
+}
+
+static int
+c_unfetch(sqlite3_file *f, sqlite3_int64 off, void *p)
+{
+	return REAL(f)->pMethods->xUnfetch(REAL(f), off, p);
+}
+
+static const sqlite3_io_methods count_io = {
+	3, c_close, c_read, c_write, c_truncate, c_sync, c_file_size, c_lock, c_unlock,
+	c_check_reserved, c_file_control, c_sector_size, c_device, c_shm_map, c_shm_lock,
+	c_shm_barrier, c_shm_unmap, c_fetch, c_unfetch
+};
+
+static int
+c_open(sqlite3_vfs *vfs, sqlite3_filename name, sqlite3_file *f, int flags, int *out_flags)
+{
+	struct cfile *c = (struct cfile *)f;
+	int rc;
+
+	c->real = (sqlite3_file *)(c + 1);
+	c->kind = (flags & SQLITE_OPEN_MAIN_DB) ? F_DB : (flags & SQLITE_OPEN_WAL) ? F_WAL : F_OTHER;
+	rc = real_vfs->xOpen(real_vfs, name, c->real, flags, out_flags);
+	/* SQLite calls xClose only on a file whose pMethods is set. */
+	c->base.pMethods = rc == SQLITE_OK && c->real->pMethods ? &count_io : NULL;
+	return rc;
+}
+
+/* Make the shim the default VFS (tp_journal_open uses the default), counters at zero. */
+static void
+count_vfs_install(void)
+{
+	if (real_vfs == NULL) {
+		real_vfs = sqlite3_vfs_find(NULL);
+		ck_assert_ptr_nonnull(real_vfs);
+		ck_assert_int_ge(real_vfs->iVersion, 3);
+		count_vfs = *real_vfs;
+		count_vfs.pNext = NULL;
+		count_vfs.zName = "tp-count";
+		count_vfs.szOsFile = (int)sizeof(struct cfile) + real_vfs->szOsFile;
+		count_vfs.xOpen = c_open;
+	}
+	ck_assert_int_eq(sqlite3_vfs_register(&count_vfs, 1), SQLITE_OK);
+	memset(n_sync, 0, sizeof(n_sync));
+	memset(n_write, 0, sizeof(n_write));
+	fail_syncs = 0;
+}
+
+static void
+count_vfs_remove(void)
+{
+	if (real_vfs) {
+		sqlite3_vfs_unregister(&count_vfs);
+		sqlite3_vfs_register(real_vfs, 1);
+	}
+}
+
+static void
+counters_zero(void)
+{
+	memset(n_sync, 0, sizeof(n_sync));
+	memset(n_write, 0, sizeof(n_write));
+}
+
+static int
+syncs(void)
+{
+	return n_sync[F_DB] + n_sync[F_WAL] + n_sync[F_OTHER];
+}
+
 static void
 setup(void)
 {
@@ -34,10 +233,15 @@ teardown(void)
 	char cmd[160];
 
 	tp_journal_set_step_hook(NULL);
+	count_vfs_remove();
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	if (system(cmd) != 0)
 		fprintf(stderr, "cannot remove %s\n", dir);
 }
+
+static struct tp_journal *open_j(enum tp_journal_sync sync);
+static struct tp_journal_inflight task(const char *token, int attempt, int64_t started);
+static struct tp_journal_outbox report(const char *token, const uint8_t *req, size_t len);
 
 static struct tp_journal *
 open_j(enum tp_journal_sync sync)
@@ -531,6 +735,171 @@ START_TEST(uncreatable_directory)
 }
 END_TEST
 
+/* ---- sync per transaction ------------------------------------------------------------------- */
+
+/* The syncs of commits of each kind, through the counting VFS. */
+struct sync_counts {
+	int inflight;      /* in-flight put and delete, outbox touch, probe */
+	int result;        /* an in-flight put and an outbox put */
+	int result_wal;    /* of which on the WAL */
+	int after;         /* an outbox delete and an in-flight delete, after the result */
+	int rolled_back;   /* an outbox put rolled back, then an in-flight commit */
+	bool result_covered; /* the WAL sync came after the last WAL write of the result's commit */
+	int wal_writes;    /* WAL writes of the in-flight commit (it did write) */
+};
+
+static struct sync_counts
+measure_syncs(enum tp_journal_sync sync)
+{
+	struct tp_journal *j;
+	struct tp_journal_inflight a = task("tok-a", 1, 1), b = task("tok-b", 1, 2),
+	    c = task("tok-c", 1, 3);
+	uint8_t req[64];
+	struct tp_journal_outbox o1 = report("tok-o1", req, sizeof(req)),
+	    o2 = report("tok-o2", req, sizeof(req)), o3 = report("tok-o3", req, sizeof(req));
+	struct sync_counts n;
+	int64_t nin, nout;
+
+	memset(&n, 0, sizeof(n));
+	for (size_t i = 0; i < sizeof(req); i++)
+		req[i] = (uint8_t)(i * 7);
+	count_vfs_install();
+	j = open_j(sync);
+	/* Warm up: the first commit into a new WAL writes and syncs its header, at any level. */
+	ck_assert_int_eq(tp_journal_begin(j), TP_JOURNAL_OK);
+	ck_assert_int_eq(tp_journal_inflight_put(j, &a), TP_JOURNAL_OK);
+	ck_assert_int_eq(tp_journal_outbox_put(j, &o1), TP_JOURNAL_OK);
+	ck_assert_int_eq(tp_journal_commit(j), TP_JOURNAL_OK);
+
+	counters_zero();
+	ck_assert_int_eq(tp_journal_begin(j), TP_JOURNAL_OK);
+	ck_assert_int_eq(tp_journal_inflight_put(j, &b), TP_JOURNAL_OK);
+	ck_assert_int_eq(tp_journal_inflight_del(j, a.token, a.token_len), TP_JOURNAL_OK);
+	ck_assert_int_eq(tp_journal_outbox_touch(j, o1.token, o1.token_len, 2, 5000), TP_JOURNAL_OK);
+	ck_assert_int_eq(tp_journal_probe(j, 1234), TP_JOURNAL_OK);
+	ck_assert_int_eq(tp_journal_commit(j), TP_JOURNAL_OK);
+	n.inflight = syncs();
+	n.wal_writes = n_write[F_WAL];
+
+	counters_zero();
+	wal_writes_at_sync = -1;
+	ck_assert_int_eq(tp_journal_begin(j), TP_JOURNAL_OK);
+	ck_assert_int_eq(tp_journal_inflight_put(j, &c), TP_JOURNAL_OK);
+	ck_assert_int_eq(tp_journal_outbox_put(j, &o2), TP_JOURNAL_OK);
+	ck_assert_int_eq(tp_journal_commit(j), TP_JOURNAL_OK);
+	n.result = syncs();
+	n.result_wal = n_sync[F_WAL];
+	n.result_covered = n_write[F_WAL] > 0 && wal_writes_at_sync == n_write[F_WAL];
+
+	counters_zero();
+	ck_assert_int_eq(tp_journal_begin(j), TP_JOURNAL_OK);
+	ck_assert_int_eq(tp_journal_outbox_del(j, o1.token, o1.token_len), TP_JOURNAL_OK);
+	ck_assert_int_eq(tp_journal_inflight_del(j, b.token, b.token_len), TP_JOURNAL_OK);
+	ck_assert_int_eq(tp_journal_commit(j), TP_JOURNAL_OK);
+	n.after = syncs();
+
+	/* A result rolled back does not make the next transaction sync. */
+	counters_zero();
+	ck_assert_int_eq(tp_journal_begin(j), TP_JOURNAL_OK);
+	ck_assert_int_eq(tp_journal_outbox_put(j, &o3), TP_JOURNAL_OK);
+	tp_journal_rollback(j);
+	ck_assert_int_eq(tp_journal_begin(j), TP_JOURNAL_OK);
+	ck_assert_int_eq(tp_journal_inflight_put(j, &b), TP_JOURNAL_OK);
+	ck_assert_int_eq(tp_journal_commit(j), TP_JOURNAL_OK);
+	n.rolled_back = syncs();
+
+	ck_assert_int_eq(tp_journal_count(j, &nin, &nout), TP_JOURNAL_OK);
+	ck_assert_int_eq(nin, 2);     /* tok-b, tok-c */
+	ck_assert_int_eq(nout, 1);    /* tok-o2 */
+	assert_integrity(j);
+	tp_journal_close(j);
+	count_vfs_remove();
+	return n;
+}
+
+/* FULL: a transaction of in-flight rows (and outbox bookkeeping, the probe) commits without a sync;
+ * one that puts a result syncs the WAL after its last write; the next goes back to none. */
+START_TEST(sync_full_only_for_results)
+{
+	struct sync_counts n = measure_syncs(TP_JOURNAL_SYNC_FULL);
+
+	ck_assert_int_gt(n.wal_writes, 0);
+	ck_assert_int_eq(n.inflight, 0);
+	ck_assert_int_ge(n.result, 1);
+	ck_assert_int_ge(n.result_wal, 1);
+	ck_assert_msg(n.result_covered, "the WAL sync did not follow the commit's last write");
+	ck_assert_int_eq(n.after, 0);
+	ck_assert_int_eq(n.rolled_back, 0);
+}
+END_TEST
+
+/* NORMAL and OFF: no commit syncs, results included (what was configured). */
+START_TEST(sync_normal_and_off_never_at_commit)
+{
+	struct sync_counts n = measure_syncs(TP_JOURNAL_SYNC_NORMAL);
+
+	ck_assert_int_gt(n.wal_writes, 0);
+	ck_assert_int_eq(n.inflight + n.result + n.after + n.rolled_back, 0);
+	teardown();
+	setup();
+	n = measure_syncs(TP_JOURNAL_SYNC_OFF);
+	ck_assert_int_gt(n.wal_writes, 0);
+	ck_assert_int_eq(n.inflight + n.result + n.after + n.rolled_back, 0);
+}
+END_TEST
+
+/* The WAL cannot be synced after a result's COMMIT: a transient error, no transaction left open,
+ * and writing the same rows again succeeds (the row was committed, so it is not duplicated). */
+START_TEST(result_sync_failure_is_transient)
+{
+	struct tp_journal *j;
+	uint8_t *req = pattern(100);
+	struct tp_journal_outbox o = report("tok-o", req, 100);
+	int64_t nin, nout;
+	int rc;
+
+	count_vfs_install();
+	j = open_j(TP_JOURNAL_SYNC_FULL);
+	fail_syncs = 1;
+	ck_assert_int_eq(tp_journal_begin(j), TP_JOURNAL_OK);
+	ck_assert_int_eq(tp_journal_outbox_put(j, &o), TP_JOURNAL_OK);
+	rc = tp_journal_commit(j);
+	ck_assert_int_eq(rc, TP_JOURNAL_ERR_IO);
+	ck_assert(tp_journal_is_transient(rc));
+	ck_assert_msg(strstr(tp_journal_errmsg(j), "sync") != NULL, "%s", tp_journal_errmsg(j));
+	ck_assert(!tp_journal_in_transaction(j));
+	tp_journal_rollback(j);
+	ck_assert_int_eq(fail_syncs, 0);
+	ck_assert_int_eq(tp_journal_begin(j), TP_JOURNAL_OK);
+	ck_assert_int_eq(tp_journal_outbox_put(j, &o), TP_JOURNAL_OK);
+	ck_assert_int_eq(tp_journal_commit(j), TP_JOURNAL_OK);
+	ck_assert_int_eq(tp_journal_count(j, &nin, &nout), TP_JOURNAL_OK);
+	ck_assert_int_eq(nout, 1);
+	assert_integrity(j);
+	tp_journal_close(j);
+	count_vfs_remove();
+	free(req);
+}
+END_TEST
+
+/* Why the level is not raised for one COMMIT: SQLite refuses the pragma inside a transaction. */
+START_TEST(sqlite_refuses_sync_change_in_transaction)
+{
+	sqlite3 *db;
+	char *err = NULL;
+
+	tp_journal_close(open_j(TP_JOURNAL_SYNC_FULL));
+	ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
+	ck_assert_int_eq(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+	ck_assert_int_eq(sqlite3_exec(db, "PRAGMA synchronous=FULL", NULL, NULL, &err), SQLITE_ERROR);
+	ck_assert_ptr_nonnull(err);
+	ck_assert_msg(strstr(err, "inside a transaction") != NULL, "%s", err);
+	sqlite3_free(err);
+	sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+	sqlite3_close(db);
+}
+END_TEST
+
 static Suite *
 journal_suite(void)
 {
@@ -550,6 +919,10 @@ journal_suite(void)
 	tcase_add_test(tc, not_a_journal_and_newer_schema_refused);
 	tcase_add_test(tc, second_writer_refused);
 	tcase_add_test(tc, uncreatable_directory);
+	tcase_add_test(tc, sync_full_only_for_results);
+	tcase_add_test(tc, sync_normal_and_off_never_at_commit);
+	tcase_add_test(tc, result_sync_failure_is_transient);
+	tcase_add_test(tc, sqlite_refuses_sync_change_in_transaction);
 	suite_add_tcase(s, tc);
 	return s;
 }
