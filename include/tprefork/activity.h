@@ -32,9 +32,14 @@
  * (`plugin` is the file name without ".so", or the path as written in `plugins`; `function` defaults
  * to the activity type.)
  *
- * Threads. Each activity runs its function on a thread of its own, so the worker's event loop keeps
- * polling, heartbeating and running other activities meanwhile. Several activities, of one function or
- * of several, may run at the same time: functions must be thread-safe (no unguarded global state).
+ * Threads. Each activity runs its function on one of the worker child's pool threads, so the
+ * worker's event loop keeps polling, heartbeating and running other activities meanwhile. Every pool
+ * thread starts with all signals blocked. Threads are reused between activities: what a function
+ * leaves in its thread (thread-local variables, thread-specific data, the signal mask) is still there
+ * for later activities on that thread, so do not rely on a fresh thread; destructors of thread-local
+ * data run when the thread exits (after 30 s idle, or with the worker), not when the activity ends.
+ * Several activities, of one function or of several, may run at the same time: functions must be
+ * thread-safe (no unguarded global state).
  * The functions below may be called only from the thread that runs the activity, while its function
  * has not returned; the handle and everything it points to is invalid after the function returns.
  *
@@ -108,7 +113,8 @@ extern "C" {
 
 typedef struct tp_activity_handle tp_activity_handle;
 
-/* An activity function. It runs on its own thread; h is valid until it returns. */
+/* An activity function. It runs on a pool thread (reused between activities); h is valid until it
+ * returns. */
 typedef void tp_activity_fn(tp_activity_handle *h);
 
 /* One input payload, as Temporal delivered it (one per workflow-side argument). */

@@ -1,14 +1,38 @@
 /* tp_plugin: the plugin handler (see tp_plugin.h).
  *
- * Threads and ownership of one run (struct tp_plugin_run):
- *   loop thread   creates the run, owns the event and the eventfd's read side, calls the callbacks,
- *                 joins the thread and frees the run;
- *   plugin thread calls the function; through the handle it reads the immutable copies (task,
- *                 payloads) and writes the shared part under `mu`;
- *   shared (mu)   the newest heartbeat details, the log queue, the outcome, `returned`, `notified`,
- *                 `cancelled` (mirrored in the atomic `cancel_flag` for a lock-free poll).
- * The thread writes the eventfd only when `notified` was false; the loop clears `notified` before it
- * takes what is there, so every change after that wakes it again and none is lost.
+ * Threads and ownership:
+ *   loop thread   (the thread that runs the event loops and calls tp_plugin_*) owns the registry,
+ *                 active_runs, the notifiers (one per event_base: an eventfd and its persistent
+ *                 event, plus the count of the base's unfinished runs) and a run's loop side (base,
+ *                 callbacks, `done`). It creates a run, hands it to the pool, calls the callbacks, and
+ *                 frees the run once its function has returned. It joins pool threads.
+ *   pool thread   calls one run's function at a time; through the handle it reads the run's immutable
+ *                 copies (task, payloads) and writes the run's shared part under `mu`. Between runs
+ *                 it waits on its own condition variable; it exits after idle_timeout_ms without work.
+ *   shared        pool.mu: the idle and exited lists, each thread's `run`, `quit` and deadline,
+ *                 pool.epoch, the idle timeout. notifier.mu: the notifier's ready list (runs with news
+ *                 for the loop, linked through `ready_next`). run.mu: the newest heartbeat details,
+ *                 the log queue, the outcome, `returned`, `queued`, `cancelled` (mirrored in the atomic
+ *                 `cancel_flag` for a lock-free poll).
+ *   Nobody holds two of these mutexes at once.
+ *
+ * Wake-ups. A run with news (details, a log line, "returned") sets `queued` under run.mu; if it was
+ * not set already, it appends itself to its notifier's ready list and, when the list was empty,
+ * writes the eventfd, both under notifier.mu. The loop reads the eventfd before it takes the whole
+ * list, so a run appended after the take finds the list empty and writes again: no wake-up is lost,
+ * and the eventfd is written once per loop wake-up however many runs have news. The loop clears
+ * `queued` when it takes a run's state under run.mu. As the write happens under notifier.mu, the
+ * loop cannot take a run (and free it, or its notifier) before its thread has let go of both.
+ *
+ * The pool. A run goes to the most recently idle thread (so that spare threads age out), or to a new
+ * one when none is idle; a new thread starts with every signal blocked. A thread that ends a run puts
+ * itself back on the idle list before it reports the end, so a run started from the done callback
+ * finds it there. A thread idle too long moves itself to the exited list; the loop joins it at the
+ * next start or when the pool stops. pool_stop (tp_plugin_close, tp_plugin_unload_all) joins the
+ * idle threads, before any dlclose: a thread that ran a plugin's function may run its code once more
+ * when it exits (thread-specific data destructors). A thread busy then (an abandoned run) is not
+ * waited for: the epoch changed, so when its function returns it reports the run, detaches itself
+ * and exits.
  */
 #include "activity/tp_plugin.h"
 
@@ -49,27 +73,28 @@ struct tp_plugin_lib {
 
 enum outcome { OUT_NONE, OUT_RESULT, OUT_FAILURE };
 
+struct notifier;
+
 struct tp_plugin_run {
 	struct tp_activity_handle     h;           /* first: the plugin's handle */
-	/* immutable while the thread runs */
+	/* immutable while the function runs */
 	struct tp_activity_task       task;
 	char                         *strs[9];     /* owned copies behind task's strings */
 	struct tp_activity_payload   *inputs;      /* owned, with the data and encodings */
 	size_t                        ninputs;
 	tp_activity_fn               *fn;
+	struct notifier              *n;           /* of base */
 	/* loop side */
-	struct event_base            *base;
 	struct tp_activity_callbacks  cb;
-	struct event                 *ev;
-	int                           efd;
-	pthread_t                     thread;
 	bool                          done;        /* done ran (or is running) */
+	/* shared, under n->mu */
+	struct tp_plugin_run         *ready_next;
 	/* shared, under mu */
 	pthread_mutex_t               mu;
 	pthread_cond_t                cv;          /* signalled on cancel (tp_activity_sleep) */
 	bool                          cancelled;
 	atomic_bool                   cancel_flag;
-	bool                          notified;    /* an eventfd write is pending for the loop */
+	bool                          queued;      /* on the ready list, or taken and not yet looked at */
 	bool                          returned;    /* the function has returned */
 	json_t                       *hb;          /* newest heartbeat details not yet taken (owned) */
 	char                         *logq[TP_PLUGIN_LOG_QUEUE];
@@ -81,6 +106,44 @@ struct tp_plugin_run {
 	bool                          f_non_retryable;
 	json_t                       *f_details;
 };
+
+/* How the runs of one event_base reach its loop: made when the first run starts on the base, kept
+ * (registered) until tp_plugin_release_base. */
+struct notifier {
+	struct event_base            *base;
+	struct event                 *ev;          /* EV_READ | EV_PERSIST on efd */
+	int                           efd;
+	int                           nruns;       /* runs of base started and not finished (loop) */
+	struct notifier              *next;        /* loop thread */
+	pthread_mutex_t               mu;
+	struct tp_plugin_run         *ready, *ready_tail;  /* runs with news for the loop (mu) */
+};
+
+/* One thread of the pool. */
+struct pool_thread {
+	pthread_t                     tid;
+	pthread_cond_t                cv;          /* a run was handed over, or quit */
+	/* under pool.mu */
+	struct tp_plugin_run         *run;         /* handed over, not started yet */
+	bool                          quit;        /* the pool stops: exit (the stopper joins) */
+	unsigned                      epoch;       /* pool.epoch when created */
+	struct timespec               until;       /* idle: exit at this time (CLOCK_MONOTONIC) */
+	struct pool_thread           *next;        /* on the idle or the exited list */
+};
+
+/* The process's pool of plugin threads. */
+static struct {
+	pthread_mutex_t               mu;
+	struct pool_thread           *idle;        /* waiting for a run, most recently idle first */
+	struct pool_thread           *exited;      /* idle too long and gone: to be joined */
+	unsigned                      epoch;       /* incremented by pool_stop */
+	int                           idle_timeout_ms;
+} pool = { PTHREAD_MUTEX_INITIALIZER, NULL, NULL, 0, TP_PLUGIN_IDLE_TIMEOUT_MS };
+
+static struct notifier *notifiers;  /* loop thread */
+static struct notifier *orphans;    /* released with a run still active: never freed */
+
+static void pool_stop(void);
 
 /* The worker's registry of open plugins (loop thread only). */
 static struct tp_plugin_lib **registry;
@@ -221,6 +284,7 @@ tp_plugin_close(struct tp_plugin_lib *lib)
 {
 	if (lib == NULL)
 		return;
+	pool_stop();  /* a thread that ran lib's functions may run its code again when it exits */
 	dlclose(lib->dl);
 	free(lib->path);
 	free(lib);
@@ -247,6 +311,7 @@ registry_get(const char *path, char *err, size_t errlen)
 int
 tp_plugin_unload_all(void)
 {
+	pool_stop();
 	if (active_runs > 0)
 		return -1;
 	for (size_t i = 0; i < nregistry; i++)
@@ -542,24 +607,37 @@ run_of(tp_activity_handle *h)
 	return (struct tp_plugin_run *)(void *)h;  /* h is the run's first member */
 }
 
-/* Called with mu held: does the loop need a wake-up? */
+/* Called with r->mu held, after a change the loop must see: must r go on the ready list? */
 static bool
-need_wake(struct tp_plugin_run *r)
+need_queue(struct tp_plugin_run *r)
 {
-	if (r->notified)
-		return false;
-	r->notified = true;
+	if (r->queued)
+		return false;  /* on the list, or taken and not looked at yet: the loop will see it */
+	r->queued = true;
 	return true;
 }
 
+/* Append r to its notifier's ready list (need_queue said so), and wake the loop when the list was
+ * empty. Once the mutex is released the loop may take r: after the call that reports "returned", the
+ * caller touches neither r nor the notifier. */
 static void
-wake(struct tp_plugin_run *r)
+ready_push(struct tp_plugin_run *r)
 {
+	struct notifier *n = r->n;
 	uint64_t one = 1;
 
-	while (write(r->efd, &one, sizeof one) < 0 && errno == EINTR)
-		;
-	/* EAGAIN: the counter is saturated, so the loop is woken already. */
+	pthread_mutex_lock(&n->mu);
+	r->ready_next = NULL;
+	if (n->ready_tail != NULL) {
+		n->ready_tail->ready_next = r;  /* the loop has not taken the list yet: no write needed */
+	} else {
+		n->ready = r;
+		while (write(n->efd, &one, sizeof one) < 0 && errno == EINTR)
+			;
+		/* EAGAIN: the counter is saturated, so the loop is woken already. */
+	}
+	n->ready_tail = r;
+	pthread_mutex_unlock(&n->mu);
 }
 
 static const struct tp_activity_task *
@@ -611,12 +689,12 @@ h_heartbeat(tp_activity_handle *h, const char *details_json)
 	pthread_mutex_lock(&r->mu);
 	old = r->hb;
 	r->hb = v;
-	w = need_wake(r);
+	w = need_queue(r);
 	c = r->cancelled;
 	pthread_mutex_unlock(&r->mu);
 	json_decref(old);
 	if (w)
-		wake(r);
+		ready_push(r);
 	return c ? TP_ACTIVITY_ECANCELLED : TP_ACTIVITY_OK;
 }
 
@@ -718,14 +796,14 @@ h_log(tp_activity_handle *h, const char *message)
 	if (line != NULL && r->nlog < TP_PLUGIN_LOG_QUEUE) {
 		r->logq[r->nlog++] = line;
 		line = NULL;
-		w = need_wake(r);
+		w = need_queue(r);
 	} else {
 		r->log_dropped++;
 	}
 	pthread_mutex_unlock(&r->mu);
 	free(line);
 	if (w)
-		wake(r);
+		ready_push(r);
 }
 
 static const struct tp_activity_host host_v1 = {
@@ -734,20 +812,179 @@ static const struct tp_activity_host host_v1 = {
 	h_set_failure, h_log, { NULL }
 };
 
-static void *
-thread_main(void *arg)
-{
-	struct tp_plugin_run *r = arg;
-	bool w;
+/* ---- the pool (pool threads, and the loop's side of it) ------------------------------------------- */
 
-	r->fn(&r->h);
-	pthread_mutex_lock(&r->mu);
-	r->returned = true;
-	w = need_wake(r);
-	pthread_mutex_unlock(&r->mu);
-	if (w)
-		wake(r);
-	return NULL;
+/* With pool.mu held: t starts waiting for a run, until the idle timeout. */
+static void
+idle_push(struct pool_thread *t)
+{
+	clock_gettime(CLOCK_MONOTONIC, &t->until);
+	t->until.tv_sec += pool.idle_timeout_ms / 1000;
+	t->until.tv_nsec += (long)(pool.idle_timeout_ms % 1000) * 1000000L;
+	if (t->until.tv_nsec >= 1000000000L) {
+		t->until.tv_sec++;
+		t->until.tv_nsec -= 1000000000L;
+	}
+	t->next = pool.idle;
+	pool.idle = t;
+}
+
+/* With pool.mu held. */
+static void
+idle_unlink(struct pool_thread *t)
+{
+	for (struct pool_thread **pp = &pool.idle; *pp != NULL; pp = &(*pp)->next)
+		if (*pp == t) {
+			*pp = t->next;
+			return;
+		}
+}
+
+static void *
+pool_main(void *arg)
+{
+	struct pool_thread *t = arg;
+	struct tp_plugin_run *r;
+	bool w, stay;
+	int rc;
+
+	pthread_mutex_lock(&pool.mu);
+	for (;;) {
+		rc = 0;
+		while (t->run == NULL && !t->quit && rc != ETIMEDOUT)
+			rc = pthread_cond_timedwait(&t->cv, &pool.mu, &t->until);
+		if (t->run == NULL) {
+			if (!t->quit) {  /* idle too long; with quit, pool_stop unlinked it and joins it */
+				idle_unlink(t);
+				t->next = pool.exited;
+				pool.exited = t;
+			}
+			pthread_mutex_unlock(&pool.mu);
+			return NULL;
+		}
+		r = t->run;
+		t->run = NULL;
+		pthread_mutex_unlock(&pool.mu);
+
+		r->fn(&r->h);
+
+		/* Idle again before the loop can learn that r returned: a run it starts from done (or
+		 * the next one in sequence) reuses this thread, and pool_stop finds it on the list. A
+		 * run handed over, or quit, before this thread waits is in t->run or t->quit. */
+		pthread_mutex_lock(&pool.mu);
+		stay = t->epoch == pool.epoch;
+		if (stay)
+			idle_push(t);
+		pthread_mutex_unlock(&pool.mu);
+		pthread_mutex_lock(&r->mu);
+		r->returned = true;
+		w = need_queue(r);
+		pthread_mutex_unlock(&r->mu);
+		if (w)
+			ready_push(r);  /* r is the loop's now, it may be freed already */
+		if (!stay) {
+			/* The pool stopped while the function ran, and nobody will join this thread. */
+			pthread_detach(pthread_self());
+			pthread_cond_destroy(&t->cv);
+			free(t);
+			return NULL;
+		}
+		pthread_mutex_lock(&pool.mu);
+	}
+}
+
+static void
+join_all(struct pool_thread *list)
+{
+	struct pool_thread *t, *next;
+
+	for (t = list; t != NULL; t = next) {
+		next = t->next;
+		pthread_join(t->tid, NULL);
+		pthread_cond_destroy(&t->cv);
+		free(t);
+	}
+}
+
+/* A new thread for r, with every signal blocked: signals are the loop's business. Returns 0 or the
+ * error of pthread_create. */
+static int
+pool_spawn(struct tp_plugin_run *r)
+{
+	struct pool_thread *t = tp_xcalloc(1, sizeof *t);
+	pthread_condattr_t ca;
+	sigset_t all, old;
+	int rc;
+
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&t->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	t->run = r;
+	pthread_mutex_lock(&pool.mu);
+	t->epoch = pool.epoch;
+	pthread_mutex_unlock(&pool.mu);
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	rc = pthread_create(&t->tid, NULL, pool_main, t);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc != 0) {
+		pthread_cond_destroy(&t->cv);
+		free(t);
+	}
+	return rc;
+}
+
+/* Hand r to an idle thread, or to a new one. Joins the threads that have exited since. Returns 0 or
+ * the error of pthread_create. */
+static int
+pool_submit(struct tp_plugin_run *r)
+{
+	struct pool_thread *t, *exited;
+
+	pthread_mutex_lock(&pool.mu);
+	exited = pool.exited;
+	pool.exited = NULL;
+	t = pool.idle;
+	if (t != NULL) {
+		pool.idle = t->next;
+		t->run = r;
+	}
+	pthread_mutex_unlock(&pool.mu);
+	join_all(exited);
+	if (t == NULL)
+		return pool_spawn(r);
+	pthread_cond_signal(&t->cv);  /* t is busy now: only this thread could free it */
+	return 0;
+}
+
+/* Join every idle (and exited) thread. A thread running a function now is not waited for: the epoch
+ * tells it, when the function returns, to detach itself and exit. */
+static void
+pool_stop(void)
+{
+	struct pool_thread *idle, *exited;
+
+	pthread_mutex_lock(&pool.mu);
+	pool.epoch++;
+	idle = pool.idle;
+	exited = pool.exited;
+	pool.idle = pool.exited = NULL;
+	for (struct pool_thread *t = idle; t != NULL; t = t->next) {
+		t->quit = true;
+		pthread_cond_signal(&t->cv);
+	}
+	pthread_mutex_unlock(&pool.mu);
+	join_all(idle);
+	join_all(exited);
+}
+
+void
+tp_plugin_set_idle_timeout(int ms)
+{
+	pthread_mutex_lock(&pool.mu);
+	pool.idle_timeout_ms = ms > 0 ? ms : TP_PLUGIN_IDLE_TIMEOUT_MS;
+	pthread_mutex_unlock(&pool.mu);
 }
 
 /* ---- the loop's side ------------------------------------------------------------------------------- */
@@ -755,10 +992,6 @@ thread_main(void *arg)
 static void
 run_free(struct tp_plugin_run *r)
 {
-	if (r->ev != NULL)
-		event_free(r->ev);
-	if (r->efd >= 0)
-		close(r->efd);
 	for (size_t i = 0; i < sizeof r->strs / sizeof r->strs[0]; i++)
 		free(r->strs[i]);
 	free(r->inputs);  /* one block with the data */
@@ -774,15 +1007,15 @@ run_free(struct tp_plugin_run *r)
 	free(r);
 }
 
-/* The function has returned: join, report, free. */
+/* The function has returned: report, free. */
 static void
 finish(struct tp_plugin_run *r)
 {
 	struct tp_activity_outcome o;
 
-	pthread_join(r->thread, NULL);
 	r->done = true;
 	active_runs--;
+	r->n->nruns--;
 	memset(&o, 0, sizeof o);
 	o.cancelled = r->cancelled;
 	if (r->outcome == OUT_RESULT || (r->outcome == OUT_NONE && !r->cancelled)) {
@@ -821,21 +1054,18 @@ deliver_logs(struct tp_plugin_run *r, char **lines, int n, unsigned long dropped
 	}
 }
 
+/* Take what r has for the loop and hand it to the callbacks. */
 static void
-on_wake(evutil_socket_t fd, short what, void *arg)
+run_wake(struct tp_plugin_run *r)
 {
-	struct tp_plugin_run *r = arg;
 	char *lines[TP_PLUGIN_LOG_QUEUE];
 	unsigned long dropped;
-	uint64_t count;
 	json_t *hb;
 	bool returned;
 	int n;
 
-	(void)what;
-	(void)!read(fd, &count, sizeof count);  /* EAGAIN: a spurious wake-up, nothing lost */
 	pthread_mutex_lock(&r->mu);
-	r->notified = false;
+	r->queued = false;  /* from here on, news puts r on the list again */
 	hb = r->hb;
 	r->hb = NULL;
 	n = r->nlog;
@@ -851,6 +1081,90 @@ on_wake(evutil_socket_t fd, short what, void *arg)
 	json_decref(hb);
 	if (returned)
 		finish(r);
+}
+
+/* One wake-up for every run of the base with news. */
+static void
+on_wake(evutil_socket_t fd, short what, void *arg)
+{
+	struct notifier *n = arg;
+	struct tp_plugin_run *r, *next;
+	uint64_t count;
+
+	(void)what;
+	(void)!read(fd, &count, sizeof count);  /* first: EAGAIN is a spurious wake-up, nothing lost */
+	pthread_mutex_lock(&n->mu);
+	r = n->ready;
+	n->ready = n->ready_tail = NULL;
+	pthread_mutex_unlock(&n->mu);
+	/* The callbacks may start runs (they go on a new list) or release the base (n stays while
+	 * these runs are unfinished); each run of this list is ours until finish frees it. */
+	for (; r != NULL; r = next) {
+		next = r->ready_next;
+		run_wake(r);
+	}
+}
+
+static void
+notifier_free(struct notifier *n)
+{
+	if (n->ev != NULL)
+		event_free(n->ev);
+	if (n->efd >= 0)
+		close(n->efd);
+	pthread_mutex_destroy(&n->mu);
+	free(n);
+}
+
+/* base's notifier, made on first use: one eventfd and one persistent event for all its runs. */
+static struct notifier *
+notifier_get(struct event_base *base, char *err, size_t errlen)
+{
+	struct notifier *n;
+
+	for (n = notifiers; n != NULL; n = n->next)
+		if (n->base == base)
+			return n;
+	n = tp_xcalloc(1, sizeof *n);
+	n->base = base;
+	pthread_mutex_init(&n->mu, NULL);
+	n->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (n->efd < 0) {
+		snprintf(err, errlen, "eventfd: %s", strerror(errno));
+		notifier_free(n);
+		return NULL;
+	}
+	n->ev = event_new(base, n->efd, EV_READ | EV_PERSIST, on_wake, n);
+	if (n->ev == NULL || event_add(n->ev, NULL) < 0) {
+		snprintf(err, errlen, "event_new: failed");
+		notifier_free(n);
+		return NULL;
+	}
+	n->next = notifiers;
+	notifiers = n;
+	return n;
+}
+
+void
+tp_plugin_release_base(struct event_base *base)
+{
+	struct notifier **pp, *n;
+
+	for (pp = &notifiers; *pp != NULL && (*pp)->base != base; pp = &(*pp)->next)
+		;
+	if ((n = *pp) == NULL)
+		return;
+	*pp = n->next;
+	if (n->nruns == 0) {
+		notifier_free(n);
+		return;
+	}
+	/* A run is abandoned (its function has not returned and the loop is going away): its thread
+	 * will still append it to the list and write the eventfd, so both stay; nobody reads them. */
+	event_free(n->ev);
+	n->ev = NULL;
+	n->next = orphans;
+	orphans = n;
 }
 
 static char *
@@ -913,7 +1227,7 @@ copy_inputs(struct tp_plugin_run *r, const struct tp_activity_info *info)
 }
 
 static struct tp_plugin_run *
-run_new(struct event_base *base, tp_activity_fn *fn, const struct tp_activity_info *info,
+run_new(struct notifier *n, tp_activity_fn *fn, const struct tp_activity_info *info,
     const struct tp_activity_callbacks *cb)
 {
 	struct tp_plugin_run *r = tp_xcalloc(1, sizeof *r);
@@ -921,9 +1235,8 @@ run_new(struct event_base *base, tp_activity_fn *fn, const struct tp_activity_in
 
 	r->h.host = &host_v1;
 	r->fn = fn;
-	r->base = base;
+	r->n = n;
 	r->cb = *cb;
-	r->efd = -1;
 	atomic_init(&r->cancel_flag, false);
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_condattr_init(&ca);
@@ -935,52 +1248,31 @@ run_new(struct event_base *base, tp_activity_fn *fn, const struct tp_activity_in
 	return r;
 }
 
-/* The thread starts with every signal blocked: signals are the loop's business. */
-static int
-spawn_thread(struct tp_plugin_run *r)
-{
-	sigset_t all, old;
-	int rc;
-
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	rc = pthread_create(&r->thread, NULL, thread_main, r);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	return rc;
-}
-
 struct tp_plugin_run *
 tp_plugin_start_fn(struct event_base *base, tp_activity_fn *fn, const struct tp_activity_info *info,
     const struct tp_activity_callbacks *cb, char *err, size_t errlen)
 {
 	struct tp_plugin_run *r;
+	struct notifier *n;
 	int rc;
 
 	if (fn == NULL || cb->done == NULL) {
 		snprintf(err, errlen, "plugin: no function or no done callback");
 		return NULL;
 	}
-	r = run_new(base, fn, info, cb);
-	r->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (r->efd < 0) {
-		snprintf(err, errlen, "eventfd: %s", strerror(errno));
-		goto fail;
-	}
-	r->ev = event_new(base, r->efd, EV_READ | EV_PERSIST, on_wake, r);
-	if (r->ev == NULL || event_add(r->ev, NULL) < 0) {
-		snprintf(err, errlen, "event_new: failed");
-		goto fail;
-	}
-	rc = spawn_thread(r);
+	n = notifier_get(base, err, errlen);
+	if (n == NULL)
+		return NULL;
+	r = run_new(n, fn, info, cb);
+	rc = pool_submit(r);
 	if (rc != 0) {
 		snprintf(err, errlen, "pthread_create: %s", strerror(rc));
-		goto fail;
+		run_free(r);
+		return NULL;
 	}
 	active_runs++;
+	n->nruns++;
 	return r;
-fail:
-	run_free(r);
-	return NULL;
 }
 
 struct tp_plugin_run *

@@ -1,5 +1,5 @@
 /* tp_plugin: the plugin handler. C functions from shared objects (<tprefork/activity.h>), each
- * activity on a thread of its own, reporting back to the event loop that started it.
+ * activity on one of the process's pool threads, reporting back to the event loop that started it.
  *
  * Loading. tp_plugin_open dlopens a file with RTLD_NOW | RTLD_LOCAL, finds the descriptor symbol
  * TP_PLUGIN_SYMBOL and checks, before anything of the plugin is called: the ABI version, the
@@ -12,14 +12,17 @@
  * whose constructor crashes or hangs cannot take the caller (the master, at start and at reload; or
  * `tprefork -t`) down with it.
  *
- * Running. tp_plugin_start copies the task's information and payloads, creates an eventfd and a
- * thread (all signals blocked in it) that calls the function with a handle. Whatever crosses from the
- * thread to the loop goes through one mutex-protected record per run: the newest heartbeat details
- * (older ones are replaced, so a plugin may heartbeat in a tight loop), queued log lines, and the
- * outcome; the thread writes the eventfd only when the loop has not been woken already. The loop
- * reads the eventfd, takes what is there under the mutex and calls the callbacks. The cancel flag
- * goes the other way (an atomic flag plus a condition variable for tp_activity_sleep). When the
- * function has returned, the loop joins the thread, calls done, and frees the run.
+ * Running. tp_plugin_start copies the task's information and payloads and hands the run to a pool
+ * thread, which calls the function with a handle. The pool is per process: a thread is created only
+ * when none is idle (with every signal blocked), is reused for later runs, and exits after
+ * TP_PLUGIN_IDLE_TIMEOUT_MS without work. Whatever crosses from the thread to the loop goes through
+ * one mutex-protected record per run: the newest heartbeat details (older ones are replaced, so a
+ * plugin may heartbeat in a tight loop), queued log lines, and the outcome. A run with news puts
+ * itself on the ready list of its base's notifier, one eventfd with one persistent event per
+ * event_base (made on the base's first run), written only when the list was empty; one wake-up of
+ * the loop takes the whole list and calls the callbacks of every run on it. The cancel flag goes the
+ * other way (an atomic flag plus a condition variable for tp_activity_sleep). When the function has
+ * returned, the loop calls done and frees the run; the thread is idle again by then.
  *
  * A thread cannot be stopped: tp_plugin_cancel only sets the flag, and done runs when the function
  * returns, however late. At shutdown the worker process is killed with the thread in it.
@@ -45,6 +48,8 @@ struct tp_plugin_run;
 #define TP_PLUGIN_CHECK_TIMEOUT_MS 10000
 /* Log lines a plugin may queue before the loop takes them; more are counted and dropped. */
 #define TP_PLUGIN_LOG_QUEUE 64
+/* A pool thread without work for this long exits (an idle child gives its memory back). */
+#define TP_PLUGIN_IDLE_TIMEOUT_MS 30000
 
 /* ---- libraries ------------------------------------------------------------------------------------ */
 
@@ -61,7 +66,8 @@ void tp_plugin_names(const struct tp_plugin_lib *lib, char *buf, size_t len);
 
 const struct tp_plugin *tp_plugin_descriptor(const struct tp_plugin_lib *lib);
 
-/* dlclose and free (NULL: nothing). No activity of lib may be running. */
+/* Stop the pool (its idle threads are joined: one may run lib's code at its exit, destructors of
+ * thread-specific data), then dlclose and free (NULL: nothing). No activity of lib may be running. */
 void tp_plugin_close(struct tp_plugin_lib *lib);
 
 /* ---- configuration ----------------------------------------------------------------------------------- */
@@ -77,16 +83,17 @@ int tp_plugin_check_config(const struct tp_config *cfg, int timeout_ms, struct t
  * plugins that loaded stay usable. */
 int tp_plugin_load_config(const struct tp_config *cfg, struct tp_config_errors *errs);
 
-/* Close every plugin of the registry. Returns 0, or -1 (nothing closed) while a run is active. */
+/* Stop the pool, then close every plugin of the registry. Returns 0, or -1 (nothing closed) while a
+ * run is active; its thread, not waited for, exits when the function returns. */
 int tp_plugin_unload_all(void);
 
 /* ---- runs -------------------------------------------------------------------------------------------- */
 
-/* Start the function of ac (a plugin activity) for the task on a new thread. info is copied. The
+/* Start the function of ac (a plugin activity) for the task on a pool thread. info is copied. The
  * callbacks run on base's loop: heartbeat with the newest details, log with each line the plugin
  * logged, done exactly once after the function returned (the run is freed after done returns).
- * Returns NULL with err filled when the plugin cannot be opened, has no such function, or the
- * thread cannot be started. */
+ * Returns NULL with err filled when the plugin cannot be opened, has no such function, base's
+ * notifier cannot be made (eventfd, event), or no thread is idle and a new one cannot be started. */
 struct tp_plugin_run *tp_plugin_start(struct event_base *base, const struct tp_activity_conf *ac,
     const struct tp_activity_info *info, const struct tp_activity_callbacks *cb,
     char *err, size_t errlen);
@@ -101,5 +108,16 @@ void tp_plugin_cancel(struct tp_plugin_run *r);
 
 /* Runs started and not yet done in this process. */
 int tp_plugin_active(void);
+
+/* base is about to be freed: unregister and free its notifier (the eventfd and event its runs wake
+ * the loop through). Call it before event_base_free for every base runs were started on; a later
+ * base at the same address would otherwise find a notifier of the freed one. A run of base still
+ * active (abandoned: the loop is going away) keeps the eventfd open for its thread; it is never
+ * reported. No-op for a base without runs. */
+void tp_plugin_release_base(struct event_base *base);
+
+/* Tests: the idle timeout of pool threads, in ms (<= 0: TP_PLUGIN_IDLE_TIMEOUT_MS). It applies from
+ * the next time a thread becomes idle. */
+void tp_plugin_set_idle_timeout(int ms);
 
 #endif

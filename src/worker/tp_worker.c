@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "activity/tp_activity.h"
+#include "activity/tp_plugin.h"
 #include "channel/tp_channel.h"
 #include "core/tp_config.h"
 #include "core/tp_log.h"
@@ -1064,6 +1065,7 @@ worker_free(struct worker *w)
 	if (w->shutdown_again_ev)
 		event_free(w->shutdown_again_ev);
 	tp_channel_free(w->ch);
+	tp_plugin_release_base(w->base);  /* the plugin runs' notifier is registered on it */
 	event_base_free(w->base);
 }
 

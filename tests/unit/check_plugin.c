@@ -1,13 +1,17 @@
-/* Unit tests for tp_plugin: loading and refusing plugins, the throwaway check process, and runs of
- * plugin functions on their own threads (test plugins from tests/plugins, built as .so files). */
+/* Unit tests for tp_plugin: loading and refusing plugins, the throwaway check process, runs of plugin
+ * functions on pool threads, and the pool itself (test plugins from tests/plugins, built as .so
+ * files). */
 #include <check.h>
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -187,6 +191,7 @@ run_free(struct run *t)
 		event_free(t->ev_cancel);
 	event_free(t->ev_tick);
 	event_free(t->ev_hard);
+	tp_plugin_release_base(t->base);
 	event_base_free(t->base);
 	free(t->result);
 	free(t->type);
@@ -629,6 +634,373 @@ START_TEST(test_example_progress_resumes)
 }
 END_TEST
 
+/* ---- the pool of threads ------------------------------------------------------------------------- */
+
+#define SLOTS 64
+
+/* What a run of slot_fn saw on its thread, by slot (its activity id). Written by the pool thread
+ * before the function returns, read by the loop after done. */
+static pid_t slot_tid[SLOTS];
+static bool  slot_masked[SLOTS];   /* every blockable signal blocked */
+static bool  slot_flag_clear[SLOTS];  /* the cancel flag was clear when the function started */
+
+/* Record the thread, then sleep the input's ms ("[ms]") and complete with the sleep's return code;
+ * a cancelled sleep returns without an outcome (reported as cancelled). */
+static void
+slot_fn(tp_activity_handle *h)
+{
+	const struct tp_activity_task *task = tp_activity_task(h);
+	int slot = atoi(task->activity_id), ms = atoi(task->input_json + 1), rc = 0;
+	sigset_t mask;
+	char res[16];
+
+	slot_tid[slot] = (pid_t)syscall(SYS_gettid);
+	slot_flag_clear[slot] = !tp_activity_is_cancelled(h);
+	pthread_sigmask(SIG_SETMASK, NULL, &mask);
+	slot_masked[slot] = sigismember(&mask, SIGTERM) && sigismember(&mask, SIGINT) &&
+	    sigismember(&mask, SIGCHLD) && sigismember(&mask, SIGUSR1) && sigismember(&mask, SIGHUP);
+	if (ms > 0)
+		rc = tp_activity_sleep(h, ms);
+	if (rc == TP_ACTIVITY_ECANCELLED)
+		return;
+	snprintf(res, sizeof res, "%d", rc);
+	tp_activity_set_result(h, res);
+}
+
+struct multi;
+
+struct slot {
+	struct multi         *m;
+	struct tp_plugin_run *r;
+	int                   ndone;
+	enum tp_outcome_kind  kind;
+	bool                  cancelled;
+	bool                  has_result;
+	int64_t               t_done;
+};
+
+/* Several runs on one event base. */
+struct multi {
+	struct event_base    *base;
+	struct slot           slots[SLOTS];
+	int                   want, ndone;
+};
+
+static void
+multi_done(void *arg, const struct tp_activity_outcome *o)
+{
+	struct slot *s = arg;
+
+	s->ndone++;
+	s->kind = o->kind;
+	s->cancelled = o->cancelled;
+	s->has_result = o->result != NULL && strcmp(o->result, "0") == 0;
+	s->t_done = tp_now_mono_ms();
+	if (++s->m->ndone == s->m->want)
+		event_base_loopbreak(s->m->base);
+}
+
+static void
+multi_init(struct multi *m)
+{
+	memset(m, 0, sizeof *m);
+	m->base = event_base_new();
+}
+
+/* For the next runs on the same base. */
+static void
+multi_again(struct multi *m)
+{
+	m->want = m->ndone = 0;
+}
+
+/* Start slot_fn in slot i, sleeping ms. */
+static void
+multi_start(struct multi *m, int i, int ms)
+{
+	struct slot *s = &m->slots[i];
+	struct tp_activity_callbacks cb = { NULL, NULL, multi_done, s };
+	struct tp_activity_info info;
+	char id[16], input[32], err[256] = "";
+
+	snprintf(id, sizeof id, "%d", i);
+	snprintf(input, sizeof input, "[%d]", ms);
+	info_init(&info, input);
+	info.activity_id = id;
+	memset(s, 0, sizeof *s);
+	s->m = m;
+	slot_tid[i] = 0;
+	slot_masked[i] = slot_flag_clear[i] = false;
+	s->r = tp_plugin_start_fn(m->base, slot_fn, &info, &cb, err, sizeof err);
+	ck_assert_msg(s->r != NULL, "start: %s", err);
+	m->want++;
+}
+
+static void
+multi_on_hard(evutil_socket_t fd, short what, void *arg)
+{
+	event_base_loopbreak(arg);
+}
+
+/* Run the loop until every run started is done. */
+static void
+multi_wait(struct multi *m)
+{
+	struct event *hard = evtimer_new(m->base, multi_on_hard, m->base);
+	struct timeval tv = tv_ms(HARD_TIMEOUT_MS);
+
+	event_add(hard, &tv);
+	if (m->ndone < m->want)
+		event_base_dispatch(m->base);
+	event_free(hard);
+	ck_assert_int_eq(m->ndone, m->want);
+	for (int i = 0; i < SLOTS; i++)
+		if (m->slots[i].m != NULL)
+			ck_assert_int_eq(m->slots[i].ndone, 1);
+}
+
+static void
+multi_free(struct multi *m)
+{
+	tp_plugin_release_base(m->base);
+	event_base_free(m->base);
+}
+
+static int
+distinct_tids(const pid_t *tids, int n)
+{
+	int d = 0;
+
+	for (int i = 0; i < n; i++) {
+		int j;
+		for (j = 0; j < i && tids[j] != tids[i]; j++)
+			;
+		d += j == i;
+	}
+	return d;
+}
+
+static bool
+thread_exists(pid_t tid)
+{
+	char path[64];
+	struct stat st;
+
+	snprintf(path, sizeof path, "/proc/self/task/%d", (int)tid);
+	return stat(path, &st) == 0;
+}
+
+/* Has the thread gone within ms? (A joined thread's task may linger an instant after the join.) */
+static bool
+thread_gone(pid_t tid, int ms)
+{
+	int64_t t0 = tp_now_mono_ms();
+
+	while (thread_exists(tid) && tp_now_mono_ms() - t0 < ms)
+		usleep(5000);
+	return !thread_exists(tid);
+}
+
+/* Sequential runs, on a new base each and on one base, reuse one thread: a thread is idle again
+ * before the loop learns that its run returned, and the next run takes the most recently idle. */
+START_TEST(test_pool_reuses_threads)
+{
+	pid_t tids[2 * SLOTS], self = (pid_t)syscall(SYS_gettid);
+	struct multi m;
+	int n = 0;
+
+	for (int i = 0; i < SLOTS; i++) {  /* a new base (and notifier) for every run */
+		multi_init(&m);
+		multi_start(&m, 0, 0);
+		multi_wait(&m);
+		ck_assert_int_eq(m.slots[0].kind, TP_OUTCOME_COMPLETED);
+		ck_assert(m.slots[0].has_result);
+		ck_assert(slot_masked[0]);
+		tids[n++] = slot_tid[0];
+		multi_free(&m);
+	}
+	multi_init(&m);
+	for (int i = 0; i < SLOTS; i++) {  /* one base for every run */
+		multi_again(&m);
+		multi_start(&m, 0, 0);
+		multi_wait(&m);
+		ck_assert(m.slots[0].has_result);
+		ck_assert(slot_masked[0]);
+		tids[n++] = slot_tid[0];
+	}
+	multi_free(&m);
+	for (int i = 0; i < n; i++)
+		ck_assert_int_ne(tids[i], self);
+	ck_assert_msg(distinct_tids(tids, n) == 1, "%d sequential runs used %d threads", n,
+	    distinct_tids(tids, n));
+	ck_assert_int_eq(tp_plugin_active(), 0);
+}
+END_TEST
+
+/* K blocking runs at once get K threads and finish together; K more then reuse the same K. */
+START_TEST(test_pool_concurrent_runs)
+{
+	enum { K = 8 };
+	pid_t first[K];
+	struct multi m;
+	int64_t t0;
+
+	multi_init(&m);
+	t0 = tp_now_mono_ms();
+	for (int i = 0; i < K; i++)
+		multi_start(&m, i, 300);
+	ck_assert_int_eq(tp_plugin_active(), K);
+	multi_wait(&m);
+	ck_assert_msg(tp_now_mono_ms() - t0 < 1500, "%d runs of 300 ms took %lld ms", K,
+	    (long long)(tp_now_mono_ms() - t0));
+	for (int i = 0; i < K; i++) {
+		ck_assert_int_eq(m.slots[i].kind, TP_OUTCOME_COMPLETED);
+		ck_assert(m.slots[i].has_result);
+		ck_assert(slot_masked[i]);
+		ck_assert_int_ge(m.slots[i].t_done - t0, 290);
+	}
+	ck_assert_int_eq(distinct_tids(slot_tid, K), K);
+	memcpy(first, slot_tid, sizeof first);
+
+	multi_again(&m);
+	for (int i = 0; i < K; i++)
+		multi_start(&m, i, 50);
+	multi_wait(&m);
+	ck_assert_int_eq(distinct_tids(slot_tid, K), K);
+	for (int i = 0; i < K; i++) {
+		bool known = false;
+		for (int j = 0; j < K; j++)
+			known = known || slot_tid[i] == first[j];
+		ck_assert_msg(known, "run %d got a new thread while %d were idle", i, K);
+		ck_assert(m.slots[i].has_result);
+	}
+	ck_assert_int_eq(tp_plugin_active(), 0);
+	multi_free(&m);
+}
+END_TEST
+
+static void
+multi_cancel_timer(evutil_socket_t fd, short what, void *arg)
+{
+	tp_plugin_cancel(arg);
+}
+
+/* A sleeping run on a reused thread is cancelled at once; the next run on that thread starts with a
+ * clear flag and sleeps its full time. */
+START_TEST(test_pool_cancel_reused_thread)
+{
+	struct timeval tv = tv_ms(200);
+	struct multi m;
+	struct event *c;
+	pid_t tid;
+	int64_t t0;
+
+	multi_init(&m);
+	multi_start(&m, 0, 0);
+	multi_wait(&m);
+	tid = slot_tid[0];
+
+	multi_again(&m);
+	multi_start(&m, 1, 20000);
+	c = evtimer_new(m.base, multi_cancel_timer, m.slots[1].r);
+	event_add(c, &tv);
+	t0 = tp_now_mono_ms();
+	multi_wait(&m);
+	event_free(c);
+	ck_assert_int_eq(slot_tid[1], tid);
+	ck_assert(slot_flag_clear[1]);
+	ck_assert_int_eq(m.slots[1].kind, TP_OUTCOME_FAILED);
+	ck_assert(m.slots[1].cancelled);
+	ck_assert_msg(m.slots[1].t_done - t0 < 1000, "cancelled after %lld ms",
+	    (long long)(m.slots[1].t_done - t0));
+
+	multi_again(&m);
+	t0 = tp_now_mono_ms();
+	multi_start(&m, 2, 100);
+	multi_wait(&m);
+	ck_assert_int_eq(slot_tid[2], tid);
+	ck_assert(slot_flag_clear[2]);
+	ck_assert_int_eq(m.slots[2].kind, TP_OUTCOME_COMPLETED);
+	ck_assert(!m.slots[2].cancelled);
+	ck_assert(m.slots[2].has_result);  /* the sleep returned TP_ACTIVITY_OK */
+	ck_assert_int_ge(m.slots[2].t_done - t0, 95);
+	multi_free(&m);
+}
+END_TEST
+
+/* An idle thread exits after the idle timeout, a busy one does not; the pool works on after, and
+ * stopping it ends its idle threads. */
+START_TEST(test_pool_idle_expiry)
+{
+	struct multi m;
+	pid_t tid;
+	int64_t t0;
+
+	tp_plugin_set_idle_timeout(300);
+	multi_init(&m);
+	multi_start(&m, 0, 600);  /* longer than the idle timeout: only idle time counts */
+	multi_wait(&m);
+	ck_assert_int_eq(m.slots[0].kind, TP_OUTCOME_COMPLETED);
+	ck_assert(m.slots[0].has_result);
+	tid = slot_tid[0];
+	ck_assert(thread_exists(tid));  /* idle, not gone yet */
+	t0 = tp_now_mono_ms();
+	ck_assert_msg(thread_gone(tid, 5000), "the idle thread %d is still there after 5 s", (int)tid);
+	ck_assert_int_ge(tp_now_mono_ms() - t0, 150);
+
+	tp_plugin_set_idle_timeout(0);  /* 30 s: from here on, only pool_stop ends a thread */
+	multi_again(&m);  /* a new thread (the exited one is joined on the way) */
+	multi_start(&m, 1, 0);
+	multi_wait(&m);
+	ck_assert(m.slots[1].has_result);
+	ck_assert(slot_masked[1]);
+	ck_assert(thread_exists(slot_tid[1]));
+	ck_assert_int_eq(tp_plugin_unload_all(), 0);  /* stops the pool */
+	ck_assert_msg(thread_gone(slot_tid[1], 1000), "the idle thread outlived the pool");
+	multi_free(&m);
+}
+END_TEST
+
+/* Runs on two event bases at once each report to their own loop; a base released and freed while
+ * another one's run is active, and a new base (perhaps at the same address), get notifiers of their
+ * own. */
+START_TEST(test_pool_two_bases)
+{
+	struct multi a, b;
+
+	multi_init(&a);
+	multi_init(&b);
+	multi_start(&a, 0, 1000);
+	multi_start(&b, 1, 0);
+	multi_wait(&b);  /* b's run is done while a's still sleeps */
+	ck_assert_int_eq(a.ndone, 0);
+	ck_assert_int_eq(tp_plugin_active(), 1);
+	multi_free(&b);
+	multi_init(&b);
+	multi_start(&b, 2, 0);
+	multi_wait(&b);
+	ck_assert(b.slots[2].has_result);
+	ck_assert_int_eq(a.ndone, 0);
+	multi_wait(&a);
+	ck_assert_int_eq(a.slots[0].kind, TP_OUTCOME_COMPLETED);
+	ck_assert(a.slots[0].has_result);
+	ck_assert_int_ne(slot_tid[0], slot_tid[1]);
+	ck_assert_int_eq(slot_tid[2], slot_tid[1]);  /* the idle thread, not a new one */
+	ck_assert_int_eq(tp_plugin_active(), 0);
+	multi_free(&a);
+	multi_free(&b);
+}
+END_TEST
+
+/* After each test: stop the pool (join its threads) and close the registry, as a worker does at exit,
+ * so that leak checkers see no thread left. */
+static void
+teardown(void)
+{
+	tp_plugin_set_idle_timeout(0);
+	ck_assert_int_eq(tp_plugin_unload_all(), 0);
+}
+
 static Suite *
 plugin_suite(void)
 {
@@ -636,6 +1008,7 @@ plugin_suite(void)
 	TCase *tc = tcase_create("core");
 
 	tcase_set_timeout(tc, 60);
+	tcase_add_checked_fixture(tc, NULL, teardown);
 	tcase_add_test(tc, test_open_good);
 	tcase_add_test(tc, test_refused);
 	tcase_add_test(tc, test_check_good);
@@ -652,6 +1025,11 @@ plugin_suite(void)
 	tcase_add_test(tc, test_log_queue_bounded);
 	tcase_add_test(tc, test_no_outcome_completes_empty);
 	tcase_add_test(tc, test_example_progress_resumes);
+	tcase_add_test(tc, test_pool_reuses_threads);
+	tcase_add_test(tc, test_pool_concurrent_runs);
+	tcase_add_test(tc, test_pool_cancel_reused_thread);
+	tcase_add_test(tc, test_pool_idle_expiry);
+	tcase_add_test(tc, test_pool_two_bases);
 	suite_add_tcase(s, tc);
 	return s;
 }
