@@ -18,6 +18,11 @@ struct tp_channel {
 	struct bufferevent          *bev;         /* the output side */
 	struct event                *rd_ev;       /* reads: see on_sock_read */
 	struct evbuffer             *in;          /* bytes read, not yet a whole frame */
+	struct evbuffer             *pend;        /* frames of this loop turn, not yet written */
+	struct event                *flush_ev;    /* end of the turn: write pend */
+	struct event                *lazy_ev;     /* only lazy frames pending: write them by then */
+	bool                         flush_armed;
+	bool                         lazy_armed;
 	struct tp_channel_callbacks  cb;
 	bool                         failed;
 };
@@ -137,6 +142,23 @@ on_event(struct bufferevent *bev, short what, void *arg)
 		fail(ch, strerror(EVUTIL_SOCKET_ERROR()));
 }
 
+static void on_flush(evutil_socket_t fd, short what, void *arg);
+
+static void
+free_events(struct tp_channel *ch)
+{
+	if (ch->rd_ev)
+		event_free(ch->rd_ev);
+	if (ch->flush_ev)
+		event_free(ch->flush_ev);
+	if (ch->lazy_ev)
+		event_free(ch->lazy_ev);
+	if (ch->in)
+		evbuffer_free(ch->in);
+	if (ch->pend)
+		evbuffer_free(ch->pend);
+}
+
 struct tp_channel *
 tp_channel_new(struct event_base *base, int fd, const struct tp_channel_callbacks *cb)
 {
@@ -152,12 +174,13 @@ tp_channel_new(struct event_base *base, int fd, const struct tp_channel_callback
 		return NULL;
 	}
 	ch->in = evbuffer_new();
+	ch->pend = evbuffer_new();
+	ch->flush_ev = event_new(base, -1, 0, on_flush, ch);
+	ch->lazy_ev = evtimer_new(base, on_flush, ch);
 	ch->rd_ev = event_new(base, fd, EV_READ | EV_PERSIST, on_sock_read, ch);
-	if (ch->in == NULL || ch->rd_ev == NULL || event_add(ch->rd_ev, NULL) != 0) {
-		if (ch->rd_ev)
-			event_free(ch->rd_ev);
-		if (ch->in)
-			evbuffer_free(ch->in);
+	if (ch->in == NULL || ch->pend == NULL || ch->flush_ev == NULL || ch->lazy_ev == NULL ||
+	    ch->rd_ev == NULL || event_add(ch->rd_ev, NULL) != 0) {
+		free_events(ch);
 		bufferevent_free(ch->bev);
 		free(ch);
 		return NULL;
@@ -168,28 +191,50 @@ tp_channel_new(struct event_base *base, int fd, const struct tp_channel_callback
 	return ch;
 }
 
-/* Hand the message to the socket at once when nothing is queued before it. Left to the bufferevent,
- * every message enables EV_WRITE, comes back through the loop and disables it again: two epoll_ctl
- * and a loop turn per message, two messages per activity. The socket buffer of a socketpair holds
- * far more than a message; what it does not take (or an error, which the bufferevent then reports
- * through on_event) goes through the bufferevent. Returns the bytes written. */
-static size_t
-write_now(struct tp_channel *ch, const uint8_t *buf, size_t len)
+/* Write the frames of this turn in one send() when nothing is queued before them (a socketpair takes
+ * far more than a turn's worth). Left to the bufferevent, every message would enable EV_WRITE, come
+ * back through the loop and disable it again: two epoll_ctl and a loop turn each. What the socket
+ * does not take, or an error (which the bufferevent then reports through on_event), goes through
+ * the bufferevent. */
+static void
+push(struct tp_channel *ch)
 {
-	ssize_t n;
+	size_t len = evbuffer_get_length(ch->pend);
+	ssize_t n = 0;
 
-	if (evbuffer_get_length(bufferevent_get_output(ch->bev)) > 0)
-		return 0;
-	do
-		n = send(bufferevent_getfd(ch->bev), buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-	while (n < 0 && errno == EINTR);
-	return n > 0 ? (size_t)n : 0;
+	if (len == 0)
+		return;
+	if (evbuffer_get_length(bufferevent_get_output(ch->bev)) == 0) {
+		const uint8_t *p = evbuffer_pullup(ch->pend, -1);
+		do
+			n = send(bufferevent_getfd(ch->bev), p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+		while (n < 0 && errno == EINTR);
+		if (n > 0)
+			evbuffer_drain(ch->pend, (size_t)n);
+	}
+	if (evbuffer_get_length(ch->pend) > 0)
+		(void)bufferevent_write_buffer(ch->bev, ch->pend);
 }
 
-int
-tp_channel_send(struct tp_channel *ch, const tp_envelope *m)
+static void
+on_flush(evutil_socket_t fd, short what, void *arg)
 {
-	size_t len, off;
+	struct tp_channel *ch = arg;
+
+	(void)fd;
+	(void)what;
+	ch->flush_armed = false;
+	if (ch->lazy_armed) {
+		evtimer_del(ch->lazy_ev);
+		ch->lazy_armed = false;
+	}
+	push(ch);
+}
+
+static int
+queue(struct tp_channel *ch, const tp_envelope *m)
+{
+	size_t len;
 	uint8_t *buf;
 	int rc;
 
@@ -198,10 +243,35 @@ tp_channel_send(struct tp_channel *ch, const tp_envelope *m)
 	buf = tp_channel_encode(m, &len);
 	if (buf == NULL)
 		return -1;
-	off = write_now(ch, buf, len);
-	rc = off < len ? bufferevent_write(ch->bev, buf + off, len - off) : 0;
+	rc = evbuffer_add(ch->pend, buf, len);
 	free(buf);
 	return rc == 0 ? 0 : -1;
+}
+
+int
+tp_channel_send(struct tp_channel *ch, const tp_envelope *m)
+{
+	if (queue(ch, m) != 0)
+		return -1;
+	if (!ch->flush_armed) {
+		ch->flush_armed = true;
+		event_active(ch->flush_ev, EV_TIMEOUT, 1);
+	}
+	return 0;
+}
+
+int
+tp_channel_send_lazy(struct tp_channel *ch, const tp_envelope *m, int within_ms)
+{
+	struct timeval tv = { within_ms / 1000, (within_ms % 1000) * 1000 };
+
+	if (queue(ch, m) != 0)
+		return -1;
+	if (!ch->flush_armed && !ch->lazy_armed) {
+		ch->lazy_armed = true;
+		evtimer_add(ch->lazy_ev, &tv);
+	}
+	return 0;
 }
 
 void
@@ -223,7 +293,7 @@ tp_channel_read_now(struct tp_channel *ch)
 size_t
 tp_channel_pending(const struct tp_channel *ch)
 {
-	return evbuffer_get_length(bufferevent_get_output(ch->bev));
+	return evbuffer_get_length(bufferevent_get_output(ch->bev)) + evbuffer_get_length(ch->pend);
 }
 
 void
@@ -235,12 +305,12 @@ tp_channel_free(struct tp_channel *ch)
 	if (ch == NULL)
 		return;
 	/* Best effort: push what is queued (the socket is non-blocking; a full peer loses it). */
+	push(ch);
 	out = bufferevent_get_output(ch->bev);
 	fd = bufferevent_getfd(ch->bev);
 	while (evbuffer_get_length(out) > 0 && evbuffer_write(out, fd) > 0)
 		;
-	event_free(ch->rd_ev);
-	evbuffer_free(ch->in);
+	free_events(ch);
 	bufferevent_free(ch->bev);
 	free(ch);
 }

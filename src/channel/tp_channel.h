@@ -32,8 +32,12 @@ struct tp_channel_callbacks {
 /* Take over fd (non-blocking, close-on-exec); NULL on allocation failure. */
 struct tp_channel *tp_channel_new(struct event_base *base, int fd,
     const struct tp_channel_callbacks *cb);
-/* Queue a message. Returns 0, or -1 if it cannot be serialized or the channel has failed. */
+/* Queue a message; the messages of one loop turn are written together at its end. Returns 0, or -1
+ * if it cannot be serialized or the channel has failed. */
 int  tp_channel_send(struct tp_channel *ch, const tp_envelope *m);
+/* Queue a message that may wait: it goes with the next tp_channel_send's write, or within_ms later
+ * at the latest. Order is kept. */
+int  tp_channel_send_lazy(struct tp_channel *ch, const tp_envelope *m, int within_ms);
 /* Read what the peer has already written and deliver its complete messages now (before freeing
  * the channel of a peer that has exited, so that its last messages are not lost). */
 void tp_channel_read_now(struct tp_channel *ch);

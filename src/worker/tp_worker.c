@@ -31,6 +31,12 @@ typedef Temporal__Api__Workflowservice__V1__PollActivityTaskQueueResponse poll_r
 /* With the poll-completion capability, ShutdownWorker is sent again this long after its answer
  * while polls stay open. */
 #define SHUTDOWN_AGAIN_MS 2000
+/* A TaskDone only ends the master's bookkeeping (its journal row, the list of what to fail if this
+ * process dies); the report itself has been delivered or handed over before it. It goes with the
+ * next message (a TaskStarted, usually), so the master wakes once per task rather than twice, or
+ * this long after at the latest. If the process dies meanwhile, the master fails a task the server
+ * has closed already, which answers NOT_FOUND. */
+#define TASK_DONE_WITHIN_MS 50
 /* stderr lines logged per activity before the rest is suppressed. */
 #define STDERR_LINES_MAX 100
 
@@ -173,7 +179,7 @@ task_finish(struct task *t)
 		d.outcome = t->outcome;
 		m.msg_case = TPREFORK__CHANNEL__V1__ENVELOPE__MSG_TASK_DONE;
 		m.task_done = &d;
-		tp_channel_send(w->ch, &m);
+		tp_channel_send_lazy(w->ch, &m, TASK_DONE_WITHIN_MS);
 	}
 	task_free(t);
 	maybe_poll(w);
