@@ -40,6 +40,12 @@
  * data run when the thread exits (after 30 s idle, or with the worker), not when the activity ends.
  * Several activities, of one function or of several, may run at the same time: functions must be
  * thread-safe (no unguarded global state).
+ * An activity configured `inline = true` runs its function on the worker's event-loop thread instead
+ * (with that thread's signal mask), in the loop iteration that received the task: no thread hand-over
+ * and no wake-ups, but while it runs the worker does nothing else (no polls, no heartbeats, no other
+ * activity's events), so it is only for functions that return within about a millisecond and never
+ * block. There tp_activity_sleep returns TP_ACTIVITY_ESTATE at once, and heartbeat details and log
+ * lines reach the worker when the function returns (the newest details; at most 64 lines).
  * The functions below may be called only from the thread that runs the activity, while its function
  * has not returned; the handle and everything it points to is invalid after the function returns.
  *
@@ -106,15 +112,16 @@ extern "C" {
 #define TP_ACTIVITY_OK          0
 #define TP_ACTIVITY_ECANCELLED (-1)  /* the activity has been cancelled (the call still did its work) */
 #define TP_ACTIVITY_EINVAL     (-2)  /* a bad argument: NULL where text is needed, text that is not JSON */
-#define TP_ACTIVITY_ESTATE     (-3)  /* a result or a failure was set already */
+#define TP_ACTIVITY_ESTATE     (-3)  /* a result or a failure was set already; a sleep in an inline
+                                      * function */
 #define TP_ACTIVITY_ENOMEM     (-4)  /* out of memory */
 
 /* ---- the handle -------------------------------------------------------------------------------------- */
 
 typedef struct tp_activity_handle tp_activity_handle;
 
-/* An activity function. It runs on a pool thread (reused between activities); h is valid until it
- * returns. */
+/* An activity function. It runs on a pool thread (reused between activities), or on the worker's
+ * loop thread when its activity is configured `inline`; h is valid until it returns. */
 typedef void tp_activity_fn(tp_activity_handle *h);
 
 /* One input payload, as Temporal delivered it (one per workflow-side argument). */
@@ -215,7 +222,9 @@ tp_activity_is_cancelled(tp_activity_handle *h)
 }
 
 /* Sleep ms milliseconds, or less when the activity is cancelled meanwhile.
- * Returns TP_ACTIVITY_OK (slept the whole time) or TP_ACTIVITY_ECANCELLED. */
+ * Returns TP_ACTIVITY_OK (slept the whole time) or TP_ACTIVITY_ECANCELLED; in an inline function
+ * (configured `inline = true`) TP_ACTIVITY_ESTATE at once, without sleeping: it would stop the
+ * worker's loop. */
 static inline int
 tp_activity_sleep(tp_activity_handle *h, int64_t ms)
 {

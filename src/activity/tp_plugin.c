@@ -3,9 +3,10 @@
  * Threads and ownership:
  *   loop thread   (the thread that runs the event loops and calls tp_plugin_*) owns the registry,
  *                 active_runs, the notifiers (one per event_base: an eventfd and its persistent
- *                 event, plus the count of the base's unfinished runs) and a run's loop side (base,
- *                 callbacks, `done`). It creates a run, hands it to the pool, calls the callbacks, and
- *                 frees the run once its function has returned. It joins pool threads.
+ *                 event, the inline event and list, plus the count of the base's unfinished runs)
+ *                 and a run's loop side (base, callbacks, `done`). It creates a run, hands it to the
+ *                 pool, calls the callbacks, and frees the run once its function has returned. It
+ *                 joins pool threads. It calls the functions of inline runs itself.
  *   pool thread   calls one run's function at a time; through the handle it reads the run's immutable
  *                 copies (task, payloads) and writes the run's shared part under `mu`. Between runs
  *                 it waits on its own condition variable; it exits after idle_timeout_ms without work.
@@ -33,6 +34,14 @@
  * when it exits (thread-specific data destructors). A thread busy then (an abandoned run) is not
  * waited for: the epoch changed, so when its function returns it reports the run, detaches itself
  * and exits.
+ *
+ * Inline runs never meet the pool, the eventfd or the ready list. The loop thread queues one on its
+ * notifier's inline list and makes the inline event active (event_active: no system call, and
+ * libevent runs the callback in the current or, from outside a loop, the next loop iteration). The
+ * callback takes the whole list, calls each function, then hands what it left (taken under run.mu as
+ * for a pool run, though nobody else writes it) to the callbacks, done last. The handle's functions
+ * see that the run is inline: they never queue it (the callback takes everything once the function
+ * has returned), and tp_activity_sleep refuses to block the loop.
  */
 #include "activity/tp_plugin.h"
 
@@ -84,9 +93,11 @@ struct tp_plugin_run {
 	size_t                        ninputs;
 	tp_activity_fn               *fn;
 	struct notifier              *n;           /* of base */
+	bool                          inline_run;  /* called on the loop thread (TP_PLUGIN_RUN_INLINE) */
 	/* loop side */
 	struct tp_activity_callbacks  cb;
 	bool                          done;        /* done ran (or is running) */
+	struct tp_plugin_run         *inline_next; /* on the notifier's inline list */
 	/* shared, under n->mu */
 	struct tp_plugin_run         *ready_next;
 	/* shared, under mu */
@@ -115,6 +126,9 @@ struct notifier {
 	int                           efd;
 	int                           nruns;       /* runs of base started and not finished (loop) */
 	struct notifier              *next;        /* loop thread */
+	/* inline runs (loop thread) */
+	struct event                 *inline_ev;   /* fd -1, made active by inline_queue; NULL: released */
+	struct tp_plugin_run         *inl, *inl_tail;  /* queued, their functions not called yet */
 	pthread_mutex_t               mu;
 	struct tp_plugin_run         *ready, *ready_tail;  /* runs with news for the loop (mu) */
 };
@@ -611,6 +625,8 @@ run_of(tp_activity_handle *h)
 static bool
 need_queue(struct tp_plugin_run *r)
 {
+	if (r->inline_run)
+		return false;  /* the loop takes everything when the function has returned */
 	if (r->queued)
 		return false;  /* on the list, or taken and not looked at yet: the loop will see it */
 	r->queued = true;
@@ -705,6 +721,8 @@ h_sleep(tp_activity_handle *h, int64_t ms)
 	struct timespec until;
 	bool c;
 
+	if (r->inline_run)
+		return TP_ACTIVITY_ESTATE;  /* it would stop the loop: no polls, heartbeats or cancels */
 	clock_gettime(CLOCK_MONOTONIC, &until);
 	if (ms < 0)
 		ms = 0;
@@ -1108,12 +1126,78 @@ on_wake(evutil_socket_t fd, short what, void *arg)
 static void
 notifier_free(struct notifier *n)
 {
+	if (n->inline_ev != NULL)
+		event_free(n->inline_ev);
 	if (n->ev != NULL)
 		event_free(n->ev);
 	if (n->efd >= 0)
 		close(n->efd);
 	pthread_mutex_destroy(&n->mu);
 	free(n);
+}
+
+/* Free r, which was queued inline and whose function was never called: its base is going away. */
+static void
+inline_drop(struct tp_plugin_run *r)
+{
+	struct notifier *n = r->n, **pp;
+
+	active_runs--;
+	n->nruns--;
+	run_free(r);
+	if (n->inline_ev != NULL || n->nruns > 0)
+		return;
+	/* n was released by a callback of on_inline, and r was its last run: no thread holds n. */
+	for (pp = &orphans; *pp != NULL && *pp != n; pp = &(*pp)->next)
+		;
+	if (*pp != NULL)
+		*pp = n->next;
+	notifier_free(n);
+}
+
+/* Queue r to be called on the loop. event_active on an active event only merges the flags, so the
+ * event runs once for every run queued meanwhile. */
+static void
+inline_queue(struct tp_plugin_run *r)
+{
+	struct notifier *n = r->n;
+
+	r->inline_next = NULL;
+	if (n->inl_tail != NULL)
+		n->inl_tail->inline_next = r;
+	else
+		n->inl = r;
+	n->inl_tail = r;
+	event_active(n->inline_ev, EV_TIMEOUT, 0);
+}
+
+/* The inline event: call the function of every queued run, each reported as soon as it returns. */
+static void
+on_inline(evutil_socket_t fd, short what, void *arg)
+{
+	struct notifier *n = arg;
+	struct tp_plugin_run *r, *next;
+
+	(void)fd;
+	(void)what;
+	r = n->inl;
+	n->inl = n->inl_tail = NULL;
+	/* Runs the callbacks start go on a new list (and make the event active again). Each run of
+	 * this list counts in n->nruns until it is finished or dropped, so n stays while one is left,
+	 * even if a callback releases the base: the rest is then dropped, as a release drops queued
+	 * runs. */
+	for (; r != NULL; r = next) {
+		next = r->inline_next;
+		if (n->inline_ev == NULL) {
+			inline_drop(r);
+			continue;
+		}
+		r->fn(&r->h);
+		pthread_mutex_lock(&r->mu);
+		r->returned = true;
+		pthread_mutex_unlock(&r->mu);
+		run_wake(r);  /* logs, the newest details, then done; frees r */
+	}
 }
 
 /* base's notifier, made on first use: one eventfd and one persistent event for all its runs. */
@@ -1135,7 +1219,8 @@ notifier_get(struct event_base *base, char *err, size_t errlen)
 		return NULL;
 	}
 	n->ev = event_new(base, n->efd, EV_READ | EV_PERSIST, on_wake, n);
-	if (n->ev == NULL || event_add(n->ev, NULL) < 0) {
+	n->inline_ev = event_new(base, -1, 0, on_inline, n);
+	if (n->ev == NULL || n->inline_ev == NULL || event_add(n->ev, NULL) < 0) {
 		snprintf(err, errlen, "event_new: failed");
 		notifier_free(n);
 		return NULL;
@@ -1155,14 +1240,23 @@ tp_plugin_release_base(struct event_base *base)
 	if ((n = *pp) == NULL)
 		return;
 	*pp = n->next;
+	/* Queued inline runs have not started, and nothing will call them now. */
+	for (struct tp_plugin_run *r = n->inl, *next; r != NULL; r = next) {
+		next = r->inline_next;
+		inline_drop(r);
+	}
+	n->inl = n->inl_tail = NULL;
 	if (n->nruns == 0) {
 		notifier_free(n);
 		return;
 	}
 	/* A run is abandoned (its function has not returned and the loop is going away): its thread
-	 * will still append it to the list and write the eventfd, so both stay; nobody reads them. */
+	 * will still append it to the list and write the eventfd, so both stay; nobody reads them.
+	 * (Or the release comes from a callback of on_inline, whose remaining runs it then drops.) */
 	event_free(n->ev);
 	n->ev = NULL;
+	event_free(n->inline_ev);
+	n->inline_ev = NULL;
 	n->next = orphans;
 	orphans = n;
 }
@@ -1249,8 +1343,9 @@ run_new(struct notifier *n, tp_activity_fn *fn, const struct tp_activity_info *i
 }
 
 struct tp_plugin_run *
-tp_plugin_start_fn(struct event_base *base, tp_activity_fn *fn, const struct tp_activity_info *info,
-    const struct tp_activity_callbacks *cb, char *err, size_t errlen)
+tp_plugin_start_fn(struct event_base *base, tp_activity_fn *fn, unsigned flags,
+    const struct tp_activity_info *info, const struct tp_activity_callbacks *cb,
+    char *err, size_t errlen)
 {
 	struct tp_plugin_run *r;
 	struct notifier *n;
@@ -1264,6 +1359,13 @@ tp_plugin_start_fn(struct event_base *base, tp_activity_fn *fn, const struct tp_
 	if (n == NULL)
 		return NULL;
 	r = run_new(n, fn, info, cb);
+	if (flags & TP_PLUGIN_RUN_INLINE) {
+		r->inline_run = true;
+		inline_queue(r);  /* called later: the caller stores r before its done can run */
+		active_runs++;
+		n->nruns++;
+		return r;
+	}
 	rc = pool_submit(r);
 	if (rc != 0) {
 		snprintf(err, errlen, "pthread_create: %s", strerror(rc));
@@ -1298,7 +1400,8 @@ tp_plugin_start(struct event_base *base, const struct tp_activity_conf *ac,
 		snprintf(err, errlen, "plugin '%s' has no function '%s'", ac->plugin_path, ac->function);
 		return NULL;
 	}
-	return tp_plugin_start_fn(base, fn, info, cb, err, errlen);
+	return tp_plugin_start_fn(base, fn, ac->inline_run ? TP_PLUGIN_RUN_INLINE : 0, info, cb, err,
+	    errlen);
 }
 
 void

@@ -27,6 +27,17 @@
  * A thread cannot be stopped: tp_plugin_cancel only sets the flag, and done runs when the function
  * returns, however late. At shutdown the worker process is killed with the thread in it.
  *
+ * Inline runs (an activity configured `inline`, or TP_PLUGIN_RUN_INLINE). For functions that return
+ * in microseconds and never block, the thread hop costs more than the call: two wake-ups per run,
+ * and the outcome a loop turn late. An inline run is the same run (same copies, same handle) but
+ * skips the pool: tp_plugin_start appends it to its notifier's inline list and makes the notifier's
+ * second event (fd -1) active with event_active, which costs no system call. libevent runs that
+ * event's callback later in the same loop iteration; it calls the function of every queued run on
+ * the loop thread and then ends each run as a pool run ends (its log lines, its newest heartbeat
+ * details, then done), in that same iteration. done is never called from tp_plugin_start: the caller
+ * stores the run first. While an inline function runs, the loop does nothing else, so
+ * tp_activity_sleep returns TP_ACTIVITY_ESTATE at once instead of blocking it.
+ *
  * Lower layer: never logs; log lines and problems are handed back.
  */
 #ifndef TP_PLUGIN_H
@@ -89,17 +100,21 @@ int tp_plugin_unload_all(void);
 
 /* ---- runs -------------------------------------------------------------------------------------------- */
 
-/* Start the function of ac (a plugin activity) for the task on a pool thread. info is copied. The
- * callbacks run on base's loop: heartbeat with the newest details, log with each line the plugin
- * logged, done exactly once after the function returned (the run is freed after done returns).
- * Returns NULL with err filled when the plugin cannot be opened, has no such function, base's
- * notifier cannot be made (eventfd, event), or no thread is idle and a new one cannot be started. */
+/* tp_plugin_start_fn's flags. */
+#define TP_PLUGIN_RUN_INLINE 0x1u  /* call the function on base's loop thread, not on a pool thread */
+
+/* Start the function of ac (a plugin activity) for the task on a pool thread, or inline on base's
+ * loop when ac->inline_run. info is copied. The callbacks run on base's loop: heartbeat with the
+ * newest details, log with each line the plugin logged, done exactly once after the function
+ * returned (the run is freed after done returns), never from within this call. Returns NULL with err
+ * filled when the plugin cannot be opened, has no such function, base's notifier cannot be made
+ * (eventfd, events), or no thread is idle and a new one cannot be started. */
 struct tp_plugin_run *tp_plugin_start(struct event_base *base, const struct tp_activity_conf *ac,
     const struct tp_activity_info *info, const struct tp_activity_callbacks *cb,
     char *err, size_t errlen);
 
-/* The same with the function given (tests). */
-struct tp_plugin_run *tp_plugin_start_fn(struct event_base *base, tp_activity_fn *fn,
+/* The same with the function given (tests); flags: 0 or TP_PLUGIN_RUN_INLINE. */
+struct tp_plugin_run *tp_plugin_start_fn(struct event_base *base, tp_activity_fn *fn, unsigned flags,
     const struct tp_activity_info *info, const struct tp_activity_callbacks *cb,
     char *err, size_t errlen);
 
@@ -109,11 +124,12 @@ void tp_plugin_cancel(struct tp_plugin_run *r);
 /* Runs started and not yet done in this process. */
 int tp_plugin_active(void);
 
-/* base is about to be freed: unregister and free its notifier (the eventfd and event its runs wake
+/* base is about to be freed: unregister and free its notifier (the eventfd and events its runs wake
  * the loop through). Call it before event_base_free for every base runs were started on; a later
  * base at the same address would otherwise find a notifier of the freed one. A run of base still
  * active (abandoned: the loop is going away) keeps the eventfd open for its thread; it is never
- * reported. No-op for a base without runs. */
+ * reported. An inline run whose function has not been called yet is dropped: freed, never called,
+ * never reported (its pointer is invalid from here on). No-op for a base without runs. */
 void tp_plugin_release_base(struct event_base *base);
 
 /* Tests: the idle timeout of pool threads, in ms (<= 0: TP_PLUGIN_IDLE_TIMEOUT_MS). It applies from

@@ -451,7 +451,7 @@ parse_activity(struct ctx *c, const config_setting_t *a, struct tp_activity_conf
 {
 	static const char *const keys[] = { "type", "exec", "plugin", "function", "env", "cwd",
 		"kill_grace", "non_retryable_exit_codes", "stdout_cap", "rlimit_cpu", "rlimit_as",
-		"rlimit_nofile", NULL };
+		"rlimit_nofile", "inline", NULL };
 	bool has_exec, has_plugin;
 
 	ac->line = line_of(a);
@@ -477,6 +477,10 @@ parse_activity(struct ctx *c, const config_setting_t *a, struct tp_activity_conf
 		return;
 	}
 	if (has_exec) {
+		/* A command always runs in its own process: there is nothing to run inline. */
+		if (member(a, "inline"))
+			errf(c, line_of(member(a, "inline")), "activity '%s': 'inline' applies to plugin "
+			    "activities only", ac->type);
 		parse_exec(c, a, ac);
 		parse_exec_options(c, a, ac);
 	} else {
@@ -493,6 +497,7 @@ parse_activity(struct ctx *c, const config_setting_t *a, struct tp_activity_conf
 		ac->function_line = member(a, "function") ? line_of(member(a, "function")) : ac->line;
 		if (ac->function == NULL)
 			ac->function = tp_xstrdup(ac->type);
+		get_bool(c, a, "inline", &ac->inline_run);
 	}
 }
 

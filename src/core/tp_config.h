@@ -36,6 +36,8 @@ struct tp_activity_conf {
 	char  *function;             /* the name in the plugin's table of functions */
 	char  *plugin_path;          /* the entry of tp_config.plugins that `plugin` names */
 	int    function_line;        /* where `function` was defined (else the activity's line) */
+	bool   inline_run;           /* `inline`: the function runs on the loop thread, not a pool
+	                              * thread (for functions that return at once and never block) */
 };
 
 struct tp_config {

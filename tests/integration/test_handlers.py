@@ -23,7 +23,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from handler_workflows import HANDLERS_WF_TASK_QUEUE, CancelOne, WithBytes
 from helpers import (REPO, activity_spec, deep_merge, exec_activity, proc_table, reap_orphans,
-                     to_libconfig, tprefork_bin)
+                     to_libconfig, tprefork_bin, wait_until)
 from workflows import WORKFLOW_TASK_QUEUE
 
 EXAMPLES = REPO / "examples" / "exec"
@@ -602,6 +602,95 @@ def test_cpu_bound_plugin_leaves_the_loop_free(server, tprefork):
     assert not primes_done_early, "the CPU-bound activity ended before the echoes: the test proves nothing"
     assert primes == [{"ok": 148933}], primes
     print(f"5 echo activities took {echo_s:.2f} s while primes ran")
+
+
+def inline_activity(type: str, plugin_name: str, function: str) -> dict:
+    return {**plugin_activity(type, plugin_name, function), "inline": True}
+
+
+def worker_child(tp) -> int:
+    children = [p for p in tp.descendants() if p.ppid == tp.pid]
+    assert len(children) == 1, children
+    return children[0].pid
+
+
+def threads_of(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_inline_plugin_activity_runs_on_the_loop_thread(server, tprefork):
+    tp = tprefork({"plugins": [plugin("example")],
+                   "activities": [inline_activity("InlineEcho", "example", "echo"),
+                                  inline_activity("InlineFail", "example", "fail"),
+                                  plugin_activity("PoolEcho", "example", "echo")]}, wait_ready=True)
+    q = tp.task_queue
+    child = worker_child(tp)
+    threads = threads_of(child)
+    out = server.run_workflow([
+        activity_spec("InlineEcho", [{"a": [1, "b"]}, "ignored"], q),
+        activity_spec("InlineEcho", [], q),
+        activity_spec("InlineFail", ["boom", True], q, max_attempts=0),
+    ])
+    assert out[0] == {"ok": {"a": [1, "b"]}}
+    assert out[1] == {"ok": None}
+    e = out[2]["error"]
+    assert (e["cause_type"], e["message"], e["non_retryable"], e["details"]) == \
+        ("ExampleError", "boom", True, [{"input": ["boom", True]}]), e
+    # Inline runs made no pool thread; a pool run makes one, which then idles for 30 s.
+    assert threads_of(child) == threads
+    assert server.run_workflow([activity_spec("PoolEcho", ["pool"], q)]) == [{"ok": "pool"}]
+    assert threads_of(child) == threads + 1
+    assert worker_child(tp) == child
+
+
+def test_inline_plugin_worker_stays_healthy_after_many_runs(server, tprefork):
+    n = 200
+    tp = tprefork({"plugins": [plugin("example")],
+                   "activities": [inline_activity("InlineEcho", "example", "echo")]}, wait_ready=True)
+    q = tp.task_queue
+    child = worker_child(tp)
+    t0 = time.monotonic()
+    out = server.run_workflow([activity_spec("InlineEcho", [{"i": i, "s": "x" * (i % 7)}], q) for i in range(n)],
+                              timeout=120)
+    took = time.monotonic() - t0
+    assert out == [{"ok": {"i": i, "s": "x" * (i % 7)}} for i in range(n)]
+    print(f"{n} inline echo activities took {took:.2f} s")
+    # The same child serves on (no crash, no replacement), polls and reports as before.
+    assert worker_child(tp) == child
+    assert len(re.findall(r"InlineEcho id=\S+ attempt=1: completed", tp.log())) == n
+    assert server.run_workflow([activity_spec("InlineEcho", ["again"], q)]) == [{"ok": "again"}]
+    assert worker_child(tp) == child and tp.running()
+
+
+def test_inline_taken_up_at_reload(server, tprefork):
+    tp = tprefork({"plugins": [plugin("example")],
+                   "activities": [plugin_activity("Echo", "example", "echo")]}, wait_ready=True)
+    q = tp.task_queue
+    since = tp.log_size()
+    tp.config_path.write_text(to_libconfig(deep_merge(tp.config, {
+        "activities": [inline_activity("Echo", "example", "echo")]})))
+    tp.signal(signal.SIGHUP)
+    tp.wait_log(r"reload: configuration valid", since=since)
+    tp.wait_ready(since=since)
+    wait_until(lambda: len([p for p in tp.descendants() if p.ppid == tp.pid]) == 1, 30,
+               "the old generation to exit")
+    child = worker_child(tp)
+    threads = threads_of(child)
+    assert server.run_workflow([activity_spec("Echo", [i], q) for i in range(5)]) == [{"ok": i} for i in range(5)]
+    assert threads_of(child) == threads  # the new generation runs it inline: no pool thread
+
+
+def test_inline_refused_on_exec_activities_by_config_check(tprefork):
+    rc, err, _, path = tprefork.check({"activities": [{**exec_activity("X", "/bin/cat"), "inline": True}]},
+                                      name="inline.conf")
+    assert rc == 1, err
+    line = _one_line(err)
+    lineno = next(i for i, ln in enumerate(path.read_text().splitlines(), 1) if "inline =" in ln)
+    assert line == f"{path}:{lineno}: activity 'X': 'inline' applies to plugin activities only", line
+    rc, err, out, _ = tprefork.check({"plugins": [plugin("example")],
+                                      "activities": [inline_activity("X", "example", "echo")]}, name="ok.conf")
+    assert rc == 0, err
+    assert "configuration ok" in out, out
 
 
 # ---- examples -------------------------------------------------------------------------------------------------

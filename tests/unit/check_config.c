@@ -200,6 +200,54 @@ START_TEST(bad_activities)
 }
 END_TEST
 
+/* `inline` on a plugin activity: default false, a boolean; on an exec activity an error at its line. */
+START_TEST(inline_setting)
+{
+	char dir[] = "/tmp/tp-config-XXXXXX", so[64];
+	struct tp_config_errors errs;
+	struct tp_config *cfg;
+	char *text, *e;
+	FILE *f;
+
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	snprintf(so, sizeof(so), "%s/fast.so", dir);
+	f = fopen(so, "w");
+	ck_assert_ptr_nonnull(f);
+	fclose(f);
+	text = tp_xasprintf("plugins = ( \"%s\" );\nactivities = (\n"
+	    "  { type = \"A\"; plugin = \"fast\"; function = \"f\"; inline = true; },\n"
+	    "  { type = \"B\"; plugin = \"fast\"; function = \"f\"; inline = false; },\n"
+	    "  { type = \"C\"; plugin = \"fast\"; function = \"f\"; },\n"
+	    "  { type = \"D\"; exec = [ \"/bin/cat\" ]; } );\n", so);
+	cfg = load(text, &errs);
+	free(text);
+	ck_assert_msg(cfg != NULL, "%s", errs.n ? errs.lines[0] : "");
+	ck_assert(tp_config_find_activity(cfg, "A")->inline_run);
+	ck_assert(!tp_config_find_activity(cfg, "B")->inline_run);
+	ck_assert(!tp_config_find_activity(cfg, "C")->inline_run);
+	ck_assert(!tp_config_find_activity(cfg, "D")->inline_run);
+	tp_config_free(cfg);
+
+	text = tp_xasprintf("plugins = ( \"%s\" );\nactivities = (\n"
+	    "  { type = \"A\"; plugin = \"fast\";\n    inline = \"yes\"; } );\n", so);
+	e = one_error(text);
+	free(text);
+	ck_assert_msg(strcmp(e, "test.conf:4: 'inline' must be true or false") == 0, "%s", e);
+	free(e);
+	unlink(so);
+	rmdir(dir);
+
+	e = one_error("activities = (\n  { type = \"A\"; exec = [ \"/bin/cat\" ];\n    inline = true; } );\n");
+	ck_assert_msg(strcmp(e, "test.conf:3: activity 'A': 'inline' applies to plugin activities only")
+	    == 0, "%s", e);
+	free(e);
+	e = one_error("activities = ( { type = \"A\"; exec = [ \"/bin/cat\" ]; inline = false; } );\n");
+	ck_assert_msg(strstr(e, "test.conf:1:") && strstr(e, "'inline' applies to plugin activities "
+	    "only"), "%s", e);
+	free(e);
+}
+END_TEST
+
 START_TEST(several_errors_reported)
 {
 	struct tp_config_errors errs;
@@ -351,6 +399,7 @@ config_suite(void)
 	tcase_add_test(tc, unknown_key);
 	tcase_add_test(tc, bad_values);
 	tcase_add_test(tc, bad_activities);
+	tcase_add_test(tc, inline_setting);
 	tcase_add_test(tc, several_errors_reported);
 	tcase_add_test(tc, env_overrides);
 	tcase_add_test(tc, api_key_file_mode);

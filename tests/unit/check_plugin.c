@@ -1,8 +1,9 @@
 /* Unit tests for tp_plugin: loading and refusing plugins, the throwaway check process, runs of plugin
- * functions on pool threads, and the pool itself (test plugins from tests/plugins, built as .so
- * files). */
+ * functions on pool threads, the pool itself, and inline runs on the loop thread (test plugins from
+ * tests/plugins, built as .so files). */
 #include <check.h>
 
+#include <dirent.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -46,6 +47,8 @@ struct run {
 	int                   all_lines;      /* lines seen, kept or not */
 	unsigned long         dropped;        /* from a "N log line(s) dropped" line */
 	int                   ticks;          /* loop timer ticks while the function ran */
+	int                   nevents;        /* callbacks so far, to order them: */
+	int                   hb_event, log_event, done_event;  /* the last of each kind */
 	int                   cancel_after_ms;
 	int64_t               t_start, t_cancel, t_done;
 	struct event         *ev_cancel, *ev_tick, *ev_hard;
@@ -63,6 +66,7 @@ on_hb(void *arg, json_t *details)
 	struct run *t = arg;
 
 	t->heartbeats++;
+	t->hb_event = ++t->nevents;
 	free(t->last_hb);
 	t->last_hb = dump(details);
 }
@@ -73,6 +77,7 @@ on_log(void *arg, const char *line, size_t len)
 	struct run *t = arg;
 	unsigned long n;
 
+	t->log_event = ++t->nevents;
 	if (sscanf(line, "%lu log line(s) dropped", &n) == 1)
 		t->dropped += n;
 	else
@@ -87,6 +92,7 @@ on_done(void *arg, const struct tp_activity_outcome *o)
 	struct run *t = arg;
 
 	t->ndone++;
+	t->done_event = ++t->nevents;
 	t->t_done = tp_now_mono_ms();
 	t->kind = o->kind;
 	t->result = o->result ? strndup(o->result, o->result_len) : NULL;
@@ -177,7 +183,7 @@ run_fn(struct run *t, tp_activity_fn *fn, const struct tp_activity_info *info, i
 	t->base = event_base_new();
 	t->cancel_after_ms = cancel_ms;
 	t->t_start = tp_now_mono_ms();
-	t->r = tp_plugin_start_fn(t->base, fn, info, &cb, err, sizeof err);
+	t->r = tp_plugin_start_fn(t->base, fn, 0, info, &cb, err, sizeof err);
 	ck_assert_msg(t->r != NULL, "start: %s", err);
 	ck_assert_int_eq(tp_plugin_active(), 1);
 	run_go(t);
@@ -189,8 +195,10 @@ run_free(struct run *t)
 {
 	if (t->ev_cancel)
 		event_free(t->ev_cancel);
-	event_free(t->ev_tick);
-	event_free(t->ev_hard);
+	if (t->ev_tick)
+		event_free(t->ev_tick);
+	if (t->ev_hard)
+		event_free(t->ev_hard);
 	tp_plugin_release_base(t->base);
 	event_base_free(t->base);
 	free(t->result);
@@ -714,9 +722,9 @@ multi_again(struct multi *m)
 	m->want = m->ndone = 0;
 }
 
-/* Start slot_fn in slot i, sleeping ms. */
+/* Start slot_fn in slot i, sleeping ms; flags as for tp_plugin_start_fn. */
 static void
-multi_start(struct multi *m, int i, int ms)
+multi_start_flags(struct multi *m, int i, int ms, unsigned flags)
 {
 	struct slot *s = &m->slots[i];
 	struct tp_activity_callbacks cb = { NULL, NULL, multi_done, s };
@@ -731,9 +739,15 @@ multi_start(struct multi *m, int i, int ms)
 	s->m = m;
 	slot_tid[i] = 0;
 	slot_masked[i] = slot_flag_clear[i] = false;
-	s->r = tp_plugin_start_fn(m->base, slot_fn, &info, &cb, err, sizeof err);
+	s->r = tp_plugin_start_fn(m->base, slot_fn, flags, &info, &cb, err, sizeof err);
 	ck_assert_msg(s->r != NULL, "start: %s", err);
 	m->want++;
+}
+
+static void
+multi_start(struct multi *m, int i, int ms)
+{
+	multi_start_flags(m, i, ms, 0);
 }
 
 static void
@@ -992,6 +1006,383 @@ START_TEST(test_pool_two_bases)
 }
 END_TEST
 
+/* ---- inline runs -------------------------------------------------------------------------------- */
+
+/* The threads of this process. */
+static int
+task_count(void)
+{
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *e;
+	int n = 0;
+
+	ck_assert_ptr_nonnull(d);
+	while ((e = readdir(d)) != NULL)
+		n += e->d_name[0] != '.';
+	closedir(d);
+	return n;
+}
+
+/* What the inline functions below saw (they run on the test's thread). */
+static int     inline_calls;
+static pid_t   inline_tid;
+static int     inline_saw_cancel, inline_hb_rc, inline_sleep_rc;
+static int64_t inline_sleep_ms;
+
+static void
+inline_reset(void)
+{
+	inline_calls = 0;
+	inline_tid = 0;
+	inline_saw_cancel = inline_hb_rc = inline_sleep_rc = 0;
+	inline_sleep_ms = -1;
+	fn_thread = (pthread_t)0;
+}
+
+/* Record the thread, log a line, heartbeat twice, complete with the input. */
+static void
+inline_echo_fn(tp_activity_handle *h)
+{
+	inline_calls++;
+	inline_tid = (pid_t)syscall(SYS_gettid);
+	fn_thread = pthread_self();
+	tp_activity_log(h, "inline line");
+	tp_activity_heartbeat(h, "{\"n\":1}");
+	tp_activity_heartbeat(h, "{\"n\":2}");
+	tp_activity_set_result(h, tp_activity_task(h)->input_json);
+}
+
+/* Look at the flag and heartbeat; without a cancellation, complete. */
+static void
+inline_cancel_fn(tp_activity_handle *h)
+{
+	inline_calls++;
+	inline_saw_cancel = tp_activity_is_cancelled(h);
+	inline_hb_rc = tp_activity_heartbeat(h, "{\"at\":\"cancel\"}");
+	if (!inline_saw_cancel)
+		tp_activity_set_result(h, "\"not cancelled\"");
+}
+
+/* Try to sleep 5 s. */
+static void
+inline_sleep_fn(tp_activity_handle *h)
+{
+	int64_t t0 = tp_now_mono_ms();
+
+	inline_calls++;
+	inline_sleep_rc = tp_activity_sleep(h, 5000);
+	inline_sleep_ms = tp_now_mono_ms() - t0;
+	tp_activity_set_result(h, "1");
+}
+
+static void
+inline_init(struct run *t)
+{
+	memset(t, 0, sizeof *t);
+	t->base = event_base_new();
+	t->t_start = tp_now_mono_ms();
+}
+
+static struct tp_plugin_run *
+inline_start_cb(struct run *t, tp_activity_fn *fn, const struct tp_activity_info *info,
+    void (*done)(void *, const struct tp_activity_outcome *))
+{
+	struct tp_activity_callbacks cb = { on_hb, on_log, done, t };
+	struct tp_plugin_run *r;
+	char err[256] = "";
+
+	r = tp_plugin_start_fn(t->base, fn, TP_PLUGIN_RUN_INLINE, info, &cb, err, sizeof err);
+	ck_assert_msg(r != NULL, "start: %s", err);
+	return r;
+}
+
+static void
+inline_start(struct run *t, tp_activity_fn *fn, const struct tp_activity_info *info)
+{
+	t->r = inline_start_cb(t, fn, info, on_done);
+}
+
+/* One turn of the loop, without waiting: everything an inline run does happens in it. */
+static void
+one_turn(struct event_base *base)
+{
+	ck_assert_int_ge(event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK), 0);
+}
+
+/* The function is not called from the start, but in the next loop turn, on the loop's thread, with
+ * no pool thread made; its log line, its newest details and its outcome arrive in that turn, in that
+ * order. */
+START_TEST(test_inline_runs_in_one_loop_turn)
+{
+	pid_t self = (pid_t)syscall(SYS_gettid);
+	int threads = task_count();
+	struct tp_activity_info info;
+	struct run t;
+
+	main_thread = pthread_self();
+	inline_reset();
+	info_init(&info, "[1,\"two\"]");
+	inline_init(&t);
+	inline_start(&t, inline_echo_fn, &info);
+	ck_assert_int_eq(inline_calls, 0);
+	ck_assert_int_eq(t.ndone, 0);
+	ck_assert_int_eq(tp_plugin_active(), 1);
+	one_turn(t.base);
+	ck_assert_int_eq(inline_calls, 1);
+	ck_assert_int_eq(t.ndone, 1);
+	ck_assert(pthread_equal(fn_thread, main_thread));
+	ck_assert_int_eq(inline_tid, self);
+	ck_assert_int_eq(task_count(), threads);
+	ck_assert_int_eq(tp_plugin_active(), 0);
+	ck_assert_int_eq(t.kind, TP_OUTCOME_COMPLETED);
+	ck_assert_str_eq(t.result, "[1,\"two\"]");
+	ck_assert(!t.cancelled);
+	ck_assert_int_eq(t.heartbeats, 1);  /* the newest details only */
+	ck_assert_str_eq(t.last_hb, "{\"n\":2}");
+	ck_assert_int_eq(t.nlines, 1);
+	ck_assert_str_eq(t.lines[0], "inline line");
+	ck_assert_int_eq(t.log_event, 1);
+	ck_assert_int_eq(t.hb_event, 2);
+	ck_assert_int_eq(t.done_event, 3);
+	run_free(&t);
+}
+END_TEST
+
+static void
+on_start_inline(evutil_socket_t fd, short what, void *arg)
+{
+	struct multi *m = arg;
+
+	multi_start(m, 0, 300);  /* a pool run, to show the inline ones do not wait for it */
+	for (int i = 1; i < SLOTS; i++)
+		multi_start_flags(m, i, 0, TP_PLUGIN_RUN_INLINE);
+}
+
+/* Runs started from a callback complete in the same loop iteration (all of them, queued behind one
+ * activation), on the loop's thread, while a pool run on the same base goes on. */
+START_TEST(test_inline_same_iteration_as_start)
+{
+	pid_t self = (pid_t)syscall(SYS_gettid);
+	struct multi m;
+	struct event *starter;
+
+	multi_init(&m);
+	starter = event_new(m.base, -1, 0, on_start_inline, &m);
+	event_active(starter, EV_TIMEOUT, 0);
+	one_turn(m.base);
+	ck_assert_int_eq(m.want, SLOTS);
+	ck_assert_int_eq(m.ndone, SLOTS - 1);
+	ck_assert_int_eq(m.slots[0].ndone, 0);
+	ck_assert_int_eq(tp_plugin_active(), 1);
+	for (int i = 1; i < SLOTS; i++) {
+		ck_assert_int_eq(m.slots[i].ndone, 1);
+		ck_assert_int_eq(m.slots[i].kind, TP_OUTCOME_COMPLETED);
+		ck_assert(m.slots[i].has_result);
+		ck_assert_int_eq(slot_tid[i], self);
+		ck_assert(slot_flag_clear[i]);
+	}
+	multi_wait(&m);
+	ck_assert(m.slots[0].has_result);
+	ck_assert_int_ne(slot_tid[0], self);
+	ck_assert_int_eq(tp_plugin_active(), 0);
+	event_free(starter);
+	multi_free(&m);
+}
+END_TEST
+
+/* Failures, the API's error returns and log lines work inline; tp_activity_sleep refuses to block
+ * the loop (TP_ACTIVITY_ESTATE at once). */
+START_TEST(test_inline_failure_and_api)
+{
+	struct tp_plugin_lib *lib = open_ok(PLUGIN("testplug"));
+	static const char *const want[] = { "heartbeat_bad_json=-2", "heartbeat_null=0", "heartbeat_ok=0",
+		"result_bad_json=-2", "failure_bad_details=-2", "cancelled=0", "sleep=-3", "result_ok=0",
+		"result_again=-3", "failure_after_result=-3" };
+	struct tp_activity_info info;
+	struct run t;
+
+	info_init(&info, "[\"MyError\", \"it broke\", true, [1, {\"k\": \"v\"}]]");
+	inline_init(&t);
+	inline_start(&t, fn_of(lib, "fail_typed"), &info);
+	one_turn(t.base);
+	ck_assert_int_eq(t.ndone, 1);
+	ck_assert_int_eq(t.kind, TP_OUTCOME_FAILED);
+	ck_assert_str_eq(t.type, "MyError");
+	ck_assert_str_eq(t.message, "it broke");
+	ck_assert(t.non_retryable);
+	ck_assert(!t.cancelled);
+	ck_assert_str_eq(t.details, "[1,{\"k\":\"v\"}]");
+	run_free(&t);
+
+	info_init(&info, "[]");
+	inline_init(&t);
+	inline_start(&t, fn_of(lib, "api_checks"), &info);
+	one_turn(t.base);
+	ck_assert_int_eq(t.ndone, 1);
+	ck_assert_int_eq(t.nlines, 10);
+	for (int i = 0; i < 10; i++)
+		ck_assert_str_eq(t.lines[i], want[i]);
+	ck_assert_int_eq(t.kind, TP_OUTCOME_COMPLETED);
+	ck_assert_str_eq(t.result, " 1 ");
+	ck_assert_str_eq(t.last_hb, "{\"x\":1}");
+	ck_assert_int_lt(t.hb_event, t.done_event);
+	run_free(&t);
+	tp_plugin_close(lib);
+}
+END_TEST
+
+START_TEST(test_inline_sleep_does_not_block)
+{
+	struct tp_activity_info info;
+	struct run t;
+
+	inline_reset();
+	info_init(&info, "[]");
+	inline_init(&t);
+	inline_start(&t, inline_sleep_fn, &info);
+	one_turn(t.base);
+	ck_assert_int_eq(t.ndone, 1);
+	ck_assert_int_eq(inline_sleep_rc, TP_ACTIVITY_ESTATE);
+	ck_assert_msg(inline_sleep_ms >= 0 && inline_sleep_ms < 100, "the sleep took %lld ms",
+	    (long long)inline_sleep_ms);
+	ck_assert_int_lt(t.t_done - t.t_start, 1000);
+	ck_assert_str_eq(t.result, "1");
+	run_free(&t);
+}
+END_TEST
+
+/* A cancel between the start and the loop's turn: the function sees the flag (and heartbeat says
+ * so), and the outcome is the cancellation. */
+START_TEST(test_inline_cancel_before_turn)
+{
+	struct tp_activity_info info;
+	struct run t;
+
+	inline_reset();
+	info_init(&info, "[]");
+	inline_init(&t);
+	inline_start(&t, inline_cancel_fn, &info);
+	tp_plugin_cancel(t.r);
+	tp_plugin_cancel(t.r);  /* idempotent */
+	ck_assert_int_eq(inline_calls, 0);
+	one_turn(t.base);
+	ck_assert_int_eq(inline_calls, 1);
+	ck_assert_int_eq(inline_saw_cancel, 1);
+	ck_assert_int_eq(inline_hb_rc, TP_ACTIVITY_ECANCELLED);
+	ck_assert_int_eq(t.ndone, 1);
+	ck_assert_int_eq(t.kind, TP_OUTCOME_FAILED);
+	ck_assert_str_eq(t.type, "Cancelled");
+	ck_assert(t.cancelled);
+	ck_assert_str_eq(t.last_hb, "{\"at\":\"cancel\"}");  /* recorded details still arrive */
+	ck_assert_int_eq(tp_plugin_active(), 0);
+	run_free(&t);
+
+	inline_reset();  /* and without a cancel, the same function completes */
+	inline_init(&t);
+	inline_start(&t, inline_cancel_fn, &info);
+	one_turn(t.base);
+	ck_assert_int_eq(inline_saw_cancel, 0);
+	ck_assert_int_eq(inline_hb_rc, TP_ACTIVITY_OK);
+	ck_assert_int_eq(t.kind, TP_OUTCOME_COMPLETED);
+	ck_assert_str_eq(t.result, "\"not cancelled\"");
+	run_free(&t);
+}
+END_TEST
+
+static void
+on_done_release(void *arg, const struct tp_activity_outcome *o)
+{
+	struct run *t = arg;
+
+	on_done(arg, o);
+	tp_plugin_release_base(t->base);
+}
+
+/* Queued runs whose base is released before their turn are dropped: never called, never reported,
+ * freed (valgrind), not counted as active; also when the release comes from the done callback of an
+ * earlier run of the same turn. */
+START_TEST(test_inline_dropped_with_its_base)
+{
+	struct tp_activity_info info;
+	struct run t, b, c;
+
+	inline_reset();
+	info_init(&info, "[\"x\"]");
+	inline_init(&t);
+	inline_start(&t, inline_echo_fn, &info);
+	tp_plugin_cancel(inline_start_cb(&t, inline_cancel_fn, &info, on_done));
+	inline_start(&t, inline_echo_fn, &info);
+	ck_assert_int_eq(tp_plugin_active(), 3);
+	run_free(&t);  /* releases and frees the base before its loop ran */
+	ck_assert_int_eq(tp_plugin_active(), 0);
+	ck_assert_int_eq(inline_calls, 0);
+	ck_assert_int_eq(t.ndone, 0);
+
+	inline_reset();
+	inline_init(&t);
+	b = c = t;
+	t.r = inline_start_cb(&t, inline_echo_fn, &info, on_done_release);
+	b.r = inline_start_cb(&b, inline_echo_fn, &info, on_done);
+	c.r = inline_start_cb(&c, inline_cancel_fn, &info, on_done);
+	ck_assert_int_eq(tp_plugin_active(), 3);
+	one_turn(t.base);
+	ck_assert_int_eq(t.ndone, 1);
+	ck_assert_int_eq(inline_calls, 1);
+	ck_assert_int_eq(b.ndone + c.ndone, 0);
+	ck_assert_int_eq(tp_plugin_active(), 0);
+	tp_plugin_release_base(t.base);  /* released already: a no-op */
+	event_base_free(t.base);
+	t.base = NULL;
+	free(t.result);
+	free(t.last_hb);
+	for (int i = 0; i < t.nlines; i++)
+		free(t.lines[i]);
+
+	/* A new base (perhaps at the same address) gets a notifier of its own. */
+	inline_reset();
+	inline_init(&t);
+	inline_start(&t, inline_echo_fn, &info);
+	one_turn(t.base);
+	ck_assert_int_eq(t.ndone, 1);
+	ck_assert_str_eq(t.result, "[\"x\"]");
+	run_free(&t);
+}
+END_TEST
+
+/* `inline = true` in the configuration: tp_activity_start runs the function on the loop thread. */
+START_TEST(test_inline_from_config)
+{
+	struct tp_config *cfg = config_with("\"" PLUGIN("testplug") "\"",
+	    "{ type = \"A\"; plugin = \"testplug\"; function = \"echo_input\"; inline = true; },\n"
+	    "{ type = \"B\"; plugin = \"testplug\"; function = \"echo_input\"; }");
+	struct tp_config_errors errs = { NULL, 0 };
+	struct tp_activity_callbacks cb;
+	struct tp_activity_info info;
+	struct tp_activity_run *ar;
+	int threads;
+	struct run t;
+	char err[256] = "";
+
+	ck_assert(cfg->activities[0].inline_run);
+	ck_assert(!cfg->activities[1].inline_run);
+	ck_assert_int_eq(tp_plugin_load_config(cfg, &errs), 0);
+	threads = task_count();
+	info_init(&info, "[3]");
+	inline_init(&t);
+	cb = (struct tp_activity_callbacks){ on_hb, on_log, on_done, &t };
+	ar = tp_activity_start(t.base, &cfg->activities[0], &info, &cb, err, sizeof err);
+	ck_assert_msg(ar != NULL, "%s", err);
+	ck_assert_int_eq(t.ndone, 0);
+	one_turn(t.base);
+	ck_assert_int_eq(t.ndone, 1);
+	ck_assert_int_eq(t.kind, TP_OUTCOME_COMPLETED);
+	ck_assert_str_eq(t.result, "[3]");
+	ck_assert_int_eq(task_count(), threads);
+	run_free(&t);
+	tp_config_free(cfg);
+}
+END_TEST
+
 /* After each test: stop the pool (join its threads) and close the registry, as a worker does at exit,
  * so that leak checkers see no thread left. */
 static void
@@ -1030,6 +1421,13 @@ plugin_suite(void)
 	tcase_add_test(tc, test_pool_cancel_reused_thread);
 	tcase_add_test(tc, test_pool_idle_expiry);
 	tcase_add_test(tc, test_pool_two_bases);
+	tcase_add_test(tc, test_inline_runs_in_one_loop_turn);
+	tcase_add_test(tc, test_inline_same_iteration_as_start);
+	tcase_add_test(tc, test_inline_failure_and_api);
+	tcase_add_test(tc, test_inline_sleep_does_not_block);
+	tcase_add_test(tc, test_inline_cancel_before_turn);
+	tcase_add_test(tc, test_inline_dropped_with_its_base);
+	tcase_add_test(tc, test_inline_from_config);
 	suite_add_tcase(s, tc);
 	return s;
 }
