@@ -12,6 +12,9 @@ task queue of its own. Each throughput and latency run first waits for the machi
 in an order rotated every repetition:
 
     tprefork-plugin   tprefork, 2 children x 50 slots x 4 polls, no-op C plugin (bench/plugins/bench.c)
+    tprefork-plugin-inline
+                      the plugin variant with the function run on the child's loop thread
+                      (activities: inline = true; docs/handlers.md "Inline functions")
     tprefork-exec     the same with a no-op command (/bin/true)
     tprefork-plugin-nojournal
                       the plugin variant with journal.enabled = false (throughput phase only; not in
@@ -321,11 +324,14 @@ class Spec:
     defaults: bool = False
     identities: int = 1     # pollers (distinct identities) that mean "ready"
     journal: bool = True    # tprefork: the master's journal (default on, synchronous = full)
+    inline: bool = False    # tprefork plugin: run the function on the loop thread
     extra: bool = False     # a variant for the throughput phase only
 
 
 SPECS = {
     "tprefork-plugin": Spec("tprefork-plugin", "tprefork", "plugin", identities=TP_CHILDREN),
+    "tprefork-plugin-inline": Spec("tprefork-plugin-inline", "tprefork", "plugin", identities=TP_CHILDREN,
+                                   inline=True),
     "tprefork-exec": Spec("tprefork-exec", "tprefork", "exec", identities=TP_CHILDREN),
     "tprefork-plugin-nojournal": Spec("tprefork-plugin-nojournal", "tprefork", "plugin", identities=TP_CHILDREN,
                                       journal=False, extra=True),
@@ -349,7 +355,7 @@ class Tools:
 def tprefork_config(spec: Spec, tools: Tools, address: str, tq: str, wd: Path) -> str:
     if spec.variant == "plugin":
         plugins = f'plugins = ( "{tools.plugin}" );\n'
-        acts = ('  { type = "Noop"; plugin = "bench"; function = "noop"; },\n'
+        acts = (f'  {{ type = "Noop"; plugin = "bench"; function = "noop";{" inline = true;" if spec.inline else ""} }},\n'
                 '  { type = "Sleep"; plugin = "bench"; function = "sleep"; }\n')
     else:
         plugins = ""
@@ -768,13 +774,19 @@ def fmt(v: Any, f: str) -> str:
         return str(v)
 
 
+def headline(summary: dict[str, dict[str, Any]]) -> list[str]:
+    """The tprefork variants the ratios and targets are given for."""
+    tps = [n for n in ("tprefork-plugin", "tprefork-plugin-inline") if n in summary]
+    return tps or (["tprefork-exec"] if "tprefork-exec" in summary else [])
+
+
 def table(summary: dict[str, dict[str, Any]], names: list[str], runs: list[dict[str, Any]]) -> str:
-    tp = "tprefork-plugin" if "tprefork-plugin" in summary else "tprefork-exec"
-    cols = names + [f"{tp} / go", f"{tp} / python"]
+    pairs = [(tp, peer) for tp in headline(summary) for peer in ("go", "python")]
+    cols = names + [f"{tp} / {peer}" for tp, peer in pairs]
     lines = ["| metric | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for key, label, f in ROWS:
         row = [fmt(summary.get(n, {}).get(key), f) for n in names]
-        for peer in ("go", "python"):
+        for tp, peer in pairs:
             v = ratio(summary, runs, tp, peer, key) if not key.startswith(("lost", "stops", "other")) else None
             row.append(f"{v:.3f}" if v is not None else "-")
         lines.append(f"| {label} | " + " | ".join(row) + " |")
@@ -782,7 +794,10 @@ def table(summary: dict[str, dict[str, Any]], names: list[str], runs: list[dict[
 
 
 def targets(summary: dict[str, dict[str, Any]], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    tpn = "tprefork-plugin" if "tprefork-plugin" in summary else "tprefork-exec"
+    return [t for tpn in headline(summary) for t in targets_of(summary, runs, tpn)]
+
+
+def targets_of(summary: dict[str, dict[str, Any]], runs: list[dict[str, Any]], tpn: str) -> list[dict[str, Any]]:
     tp = summary.get(tpn, {})
     out = []
 
