@@ -644,7 +644,7 @@ set_defaults(struct tp_config *cfg)
 	cfg->journal_enabled = true;
 	cfg->journal_sync = 2;
 	cfg->journal_memory_cap = 256L * 1024 * 1024;
-	cfg->journal_commit_delay_ms = 20;
+	cfg->journal_commit_delay_ms = 100;
 	cfg->pidfile = tp_xstrdup(TP_LOCALSTATEDIR "/run/tprefork.pid");
 }
 

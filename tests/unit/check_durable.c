@@ -438,7 +438,7 @@ START_TEST(config_commit_delay)
 	struct tp_config *c;
 	char *e;
 
-	ck_assert_int_eq(cfg->journal_commit_delay_ms, 20);
+	ck_assert_int_eq(cfg->journal_commit_delay_ms, 100);
 	c = tp_config_load_string(MIN_CONF "journal = { commit_delay = 0; };\n", "test.conf", false,
 	    &errs);
 	ck_assert_ptr_nonnull(c);
