@@ -878,6 +878,31 @@ on_bev_event(struct bufferevent *bev, short what, void *arg)
 	on_transport_lost(c, what);
 }
 
+/* Hand received bytes to the session. Returns false when the connection was closed or failed on
+ * the way (c must not be touched further by the caller's loop). */
+static bool
+feed(struct tp_h2_conn *c, const unsigned char *p, size_t n)
+{
+	tp_h2_ssize rv;
+
+	c->in_session++;
+#ifdef TP_H2_NEW_API
+	rv = nghttp2_session_mem_recv2(c->session, p, n);
+#else
+	rv = nghttp2_session_mem_recv(c->session, p, n);
+#endif
+	c->in_session--;
+	if (c->fail_pending) {
+		conn_close(c);
+		return false;
+	}
+	if (rv < 0) {
+		conn_fail(c, "HTTP/2 error: %s", nghttp2_strerror((int)rv));
+		return false;
+	}
+	return true;
+}
+
 static void
 on_bev_read(struct bufferevent *bev, void *arg)
 {
@@ -887,23 +912,8 @@ on_bev_read(struct bufferevent *bev, void *arg)
 
 	while (c->session != NULL && (n = evbuffer_get_contiguous_space(in)) > 0) {
 		unsigned char *p = evbuffer_pullup(in, (ssize_t)n);
-		tp_h2_ssize rv;
-
-		c->in_session++;
-#ifdef TP_H2_NEW_API
-		rv = nghttp2_session_mem_recv2(c->session, p, n);
-#else
-		rv = nghttp2_session_mem_recv(c->session, p, n);
-#endif
-		c->in_session--;
-		if (c->fail_pending) {
-			conn_close(c);
+		if (!feed(c, p, n))
 			return;
-		}
-		if (rv < 0) {
-			conn_fail(c, "HTTP/2 error: %s", nghttp2_strerror((int)rv));
-			return;
-		}
 		evbuffer_drain(in, n);
 	}
 	flush(c);
@@ -921,8 +931,6 @@ on_sock_read(evutil_socket_t fd, short what, void *arg)
 
 	(void)what;
 	for (int i = 0; i < 4 && c->session != NULL; i++) {
-		tp_h2_ssize rv;
-
 		n = recv(fd, buf, sizeof(buf), 0);
 		if (n == 0) {
 			on_transport_lost(c, BEV_EVENT_READING | BEV_EVENT_EOF);
@@ -936,21 +944,8 @@ on_sock_read(evutil_socket_t fd, short what, void *arg)
 			on_transport_lost(c, BEV_EVENT_READING | BEV_EVENT_ERROR);
 			return;
 		}
-		c->in_session++;
-#ifdef TP_H2_NEW_API
-		rv = nghttp2_session_mem_recv2(c->session, buf, (size_t)n);
-#else
-		rv = nghttp2_session_mem_recv(c->session, buf, (size_t)n);
-#endif
-		c->in_session--;
-		if (c->fail_pending) {
-			conn_close(c);
+		if (!feed(c, buf, (size_t)n))
 			return;
-		}
-		if (rv < 0) {
-			conn_fail(c, "HTTP/2 error: %s", nghttp2_strerror((int)rv));
-			return;
-		}
 		if ((size_t)n < sizeof(buf))
 			break;
 	}
