@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark of tprefork against the Temporal Go and Python SDK workers, in one command:
 #
-#   bench/run.sh            full run (3 repetitions; about 30 minutes on 2 cores)
+#   bench/run.sh            full run (3 repetitions; about 36 minutes on 2 cores)
 #   bench/run.sh --quick    one short repetition (under 5 minutes)
 #
 # It installs and builds what it needs: scripts/setup.sh (the .venv with the Python SDK and the
