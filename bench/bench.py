@@ -14,7 +14,8 @@ in an order rotated every repetition:
     tprefork-plugin   tprefork, 2 children x 50 slots x 4 polls, no-op C plugin (bench/plugins/bench.c)
     tprefork-plugin-inline
                       the plugin variant with the function run on the child's loop thread
-                      (activities: inline = true; docs/handlers.md "Inline functions")
+                      (activities: inline = true; docs/handlers.md "Inline functions"; not in
+                      --quick unless named)
     tprefork-exec     the same with a no-op command (/bin/true)
     tprefork-plugin-nojournal
                       the plugin variant with journal.enabled = false (throughput phase only; not in
@@ -325,13 +326,14 @@ class Spec:
     identities: int = 1     # pollers (distinct identities) that mean "ready"
     journal: bool = True    # tprefork: the master's journal (default on, synchronous = full)
     inline: bool = False    # tprefork plugin: run the function on the loop thread
+    in_quick: bool = True   # part of --quick unless named
     extra: bool = False     # a variant for the throughput phase only
 
 
 SPECS = {
     "tprefork-plugin": Spec("tprefork-plugin", "tprefork", "plugin", identities=TP_CHILDREN),
     "tprefork-plugin-inline": Spec("tprefork-plugin-inline", "tprefork", "plugin", identities=TP_CHILDREN,
-                                   inline=True),
+                                   inline=True, in_quick=False),
     "tprefork-exec": Spec("tprefork-exec", "tprefork", "exec", identities=TP_CHILDREN),
     "tprefork-plugin-nojournal": Spec("tprefork-plugin-nojournal", "tprefork", "plugin", identities=TP_CHILDREN,
                                       journal=False, extra=True),
@@ -881,7 +883,7 @@ async def amain(a: argparse.Namespace) -> int:
     tools = Tools(tprefork=a.tprefork, plugin=a.plugin or None, go_worker=a.go_worker, driver=a.driver,
                   python=sys.executable, cli=a.temporal)
     names = [n.strip() for n in a.workers.split(",") if n.strip()] or [
-        n for n in SPECS if not (a.quick and SPECS[n].extra)]
+        n for n in SPECS if not (a.quick and (SPECS[n].extra or not SPECS[n].in_quick))]
     for n in names:
         if n not in SPECS:
             raise SystemExit(f"unknown worker {n!r} (known: {', '.join(SPECS)})")
@@ -1048,7 +1050,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="short windows, one repetition (under 5 minutes)")
     ap.add_argument("--reps", type=int, default=0, help="repetitions (default 3; quick: 1)")
     ap.add_argument("--workers", default="", help="comma-separated (default: all; quick: all but the "
-                    "throughput-only variants)")
+                    "throughput-only variants and tprefork-plugin-inline)")
     ap.add_argument("--rate", type=float, default=0, help="latency phase rate (default: half the lowest max)")
     ap.add_argument("--inflight", type=int, default=0, help="throughput phase: activities kept outstanding")
     ap.add_argument("--window", type=float, default=0, help="throughput and latency measurement window, s")
