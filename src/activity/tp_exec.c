@@ -146,23 +146,6 @@ child_fail(int errfd, int step)
 	_exit(127);
 }
 
-/* Default dispositions for all signals (ignored ones survive execve), then an empty mask (the mask
- * survives execve too; the parent blocked everything around fork). */
-static void
-child_reset_signals(void)
-{
-	struct sigaction sa;
-	sigset_t none;
-
-	memset(&sa, 0, sizeof sa);
-	sa.sa_handler = SIG_DFL;
-	sigemptyset(&sa.sa_mask);
-	for (int s = 1; s < NSIG; s++)
-		(void)sigaction(s, &sa, NULL);  /* EINVAL for KILL, STOP and libc-reserved ones */
-	sigemptyset(&none);
-	(void)sigprocmask(SIG_SETMASK, &none, NULL);
-}
-
 /* Lift fd above 3 so that no dup2 onto 0..3 can overwrite it before it is used. */
 static int
 child_lift(int *fd)
@@ -298,7 +281,7 @@ child_run(struct spawn_plan *p)
 {
 	if (setpgid(0, 0) < 0)
 		child_fail(p->errfd, STEP_SETPGID);
-	child_reset_signals();
+	tp_sig_reset_after_fork(0);  /* the parent blocked everything around fork */
 	child_setup_fds(p);
 	child_close_rest(p->errfd);
 	child_rlimits(p);

@@ -427,21 +427,6 @@ report_lines(int fd, struct tp_config_errors *errs, size_t *sent)
 	}
 }
 
-static void
-child_signals_default(void)
-{
-	struct sigaction sa;
-	sigset_t none;
-
-	memset(&sa, 0, sizeof sa);
-	sa.sa_handler = SIG_DFL;
-	sigemptyset(&sa.sa_mask);
-	for (int s = 1; s < NSIG; s++)
-		(void)sigaction(s, &sa, NULL);
-	sigemptyset(&none);
-	(void)sigprocmask(SIG_SETMASK, &none, NULL);
-}
-
 /* Close every descriptor above 2 but keep (best effort: without close_range they stay open, and
  * CLOEXEC ones close at no exec anyway). The caller's sockets and files are none of a plugin's
  * business, and a constructor must not write into them. */
@@ -467,7 +452,7 @@ check_child(const struct tp_config *cfg, int fd)
 	size_t sent = 0;
 	char rec[32];
 
-	child_signals_default();
+	tp_sig_reset_after_fork(0);
 	(void)prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (getppid() == 1)
 		_exit(3);  /* the parent died before PDEATHSIG was set */

@@ -13,6 +13,11 @@ int64_t tp_now_real_ms(void);
 int tp_fd_set_nonblock(int fd);
 int tp_fd_set_cloexec(int fd);
 
+/* After fork, before exec: every signal's disposition back to the default (ignored ones would
+ * survive execve) but `keep` (0: none), then an empty mask (the mask survives execve too).
+ * Async-signal-safe. */
+void tp_sig_reset_after_fork(int keep);
+
 /* Write a random (version 4) UUID as 36 characters plus NUL into out[37]. Returns 0 or -1. */
 int tp_uuid4(char out[37]);
 

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "core/tp_mem.h"
+#include "core/tp_util.h"
 
 /* The binary the master runs, resolved once at start (see tp_proc_init). */
 static char exe_path[4096];
@@ -29,8 +30,6 @@ child_exec(int fd, int index, int gen)
 {
 	char title[64], fdarg[16];
 	char *argv[4];
-	sigset_t none;
-	struct sigaction dfl;
 
 	/* The master's death reaches the child as a drain request. */
 	prctl(PR_SET_PDEATHSIG, SIGUSR1);
@@ -42,13 +41,7 @@ child_exec(int fd, int index, int gen)
 		fcntl(fd, F_SETFD, fl & ~FD_CLOEXEC);
 	}
 	syscall(SYS_close_range, TP_PROC_CHANNEL_FD + 1, ~0U, 0);
-	memset(&dfl, 0, sizeof(dfl));
-	dfl.sa_handler = SIG_DFL;
-	for (int s = 1; s < NSIG; s++)
-		if (s != SIGPIPE)
-			sigaction(s, &dfl, NULL);
-	sigemptyset(&none);
-	sigprocmask(SIG_SETMASK, &none, NULL);
+	tp_sig_reset_after_fork(SIGPIPE);
 	snprintf(title, sizeof(title), "tprefork: worker %d gen %d", index, gen);
 	snprintf(fdarg, sizeof(fdarg), "%d", TP_PROC_CHANNEL_FD);
 	argv[0] = title;
