@@ -528,45 +528,6 @@ START_TEST(test_cancel_ignored)
 }
 END_TEST
 
-START_TEST(test_failure_and_api_errors)
-{
-	struct tp_plugin_lib *lib = open_ok(PLUGIN("testplug"));
-	static const char *const want[] = { "heartbeat_bad_json=-2", "heartbeat_null=0", "heartbeat_ok=0",
-		"result_bad_json=-2", "failure_bad_details=-2", "cancelled=0", "sleep=0", "result_ok=0",
-		"result_again=-3", "failure_after_result=-3" };
-	struct tp_activity_info info;
-	struct run t;
-
-	info_init(&info, "[\"MyError\", \"it broke\", true, [1, {\"k\": \"v\"}]]");
-	run_fn(&t, fn_of(lib, "fail_typed"), &info, 0);
-	ck_assert_int_eq(t.kind, TP_OUTCOME_FAILED);
-	ck_assert_str_eq(t.type, "MyError");
-	ck_assert_str_eq(t.message, "it broke");
-	ck_assert(t.non_retryable);
-	ck_assert(!t.cancelled);
-	ck_assert_str_eq(t.details, "[1,{\"k\":\"v\"}]");
-	run_free(&t);
-
-	info_init(&info, "[null, null, false]");
-	run_fn(&t, fn_of(lib, "fail_typed"), &info, 0);
-	ck_assert_str_eq(t.type, "PluginFailed");
-	ck_assert_str_eq(t.message, "");
-	ck_assert_ptr_null(t.details);
-	run_free(&t);
-
-	info_init(&info, "[]");
-	run_fn(&t, fn_of(lib, "api_checks"), &info, 0);
-	ck_assert_int_eq(t.nlines, 10);
-	for (int i = 0; i < 10; i++)
-		ck_assert_str_eq(t.lines[i], want[i]);
-	ck_assert_int_eq(t.kind, TP_OUTCOME_COMPLETED);
-	ck_assert_str_eq(t.result, " 1 ");
-	ck_assert_str_eq(t.last_hb, "{\"x\":1}");
-	run_free(&t);
-	tp_plugin_close(lib);
-}
-END_TEST
-
 START_TEST(test_log_queue_bounded)
 {
 	struct tp_plugin_lib *lib = open_ok(PLUGIN("testplug"));
@@ -1190,22 +1151,34 @@ START_TEST(test_inline_same_iteration_as_start)
 }
 END_TEST
 
-/* Failures, the API's error returns and log lines work inline; tp_activity_sleep refuses to block
- * the loop (TP_ACTIVITY_ESTATE at once). */
-START_TEST(test_inline_failure_and_api)
+/* One run of fn, to its outcome: on a pool thread, or inline (then within a single loop turn). */
+static void
+run_mode(struct run *t, tp_activity_fn *fn, const struct tp_activity_info *info, bool inl)
+{
+	if (!inl) {
+		run_fn(t, fn, info, 0);
+		return;
+	}
+	inline_init(t);
+	inline_start(t, fn, info);
+	one_turn(t->base);
+	ck_assert_int_eq(t->ndone, 1);
+}
+
+/* Failures, the API's error returns and log lines, on a pool thread and inline; inline,
+ * tp_activity_sleep refuses to block the loop (TP_ACTIVITY_ESTATE at once). */
+static void
+check_failure_and_api(bool inl)
 {
 	struct tp_plugin_lib *lib = open_ok(PLUGIN("testplug"));
-	static const char *const want[] = { "heartbeat_bad_json=-2", "heartbeat_null=0", "heartbeat_ok=0",
-		"result_bad_json=-2", "failure_bad_details=-2", "cancelled=0", "sleep=-3", "result_ok=0",
-		"result_again=-3", "failure_after_result=-3" };
+	const char *const want[] = { "heartbeat_bad_json=-2", "heartbeat_null=0", "heartbeat_ok=0",
+		"result_bad_json=-2", "failure_bad_details=-2", "cancelled=0", inl ? "sleep=-3" : "sleep=0",
+		"result_ok=0", "result_again=-3", "failure_after_result=-3" };
 	struct tp_activity_info info;
 	struct run t;
 
 	info_init(&info, "[\"MyError\", \"it broke\", true, [1, {\"k\": \"v\"}]]");
-	inline_init(&t);
-	inline_start(&t, fn_of(lib, "fail_typed"), &info);
-	one_turn(t.base);
-	ck_assert_int_eq(t.ndone, 1);
+	run_mode(&t, fn_of(lib, "fail_typed"), &info, inl);
 	ck_assert_int_eq(t.kind, TP_OUTCOME_FAILED);
 	ck_assert_str_eq(t.type, "MyError");
 	ck_assert_str_eq(t.message, "it broke");
@@ -1214,20 +1187,36 @@ START_TEST(test_inline_failure_and_api)
 	ck_assert_str_eq(t.details, "[1,{\"k\":\"v\"}]");
 	run_free(&t);
 
+	info_init(&info, "[null, null, false]");
+	run_mode(&t, fn_of(lib, "fail_typed"), &info, inl);
+	ck_assert_str_eq(t.type, "PluginFailed");
+	ck_assert_str_eq(t.message, "");
+	ck_assert_ptr_null(t.details);
+	run_free(&t);
+
 	info_init(&info, "[]");
-	inline_init(&t);
-	inline_start(&t, fn_of(lib, "api_checks"), &info);
-	one_turn(t.base);
-	ck_assert_int_eq(t.ndone, 1);
+	run_mode(&t, fn_of(lib, "api_checks"), &info, inl);
 	ck_assert_int_eq(t.nlines, 10);
 	for (int i = 0; i < 10; i++)
 		ck_assert_str_eq(t.lines[i], want[i]);
 	ck_assert_int_eq(t.kind, TP_OUTCOME_COMPLETED);
 	ck_assert_str_eq(t.result, " 1 ");
 	ck_assert_str_eq(t.last_hb, "{\"x\":1}");
-	ck_assert_int_lt(t.hb_event, t.done_event);
+	if (inl)
+		ck_assert_int_lt(t.hb_event, t.done_event);
 	run_free(&t);
 	tp_plugin_close(lib);
+}
+
+START_TEST(test_failure_and_api_errors)
+{
+	check_failure_and_api(false);
+}
+END_TEST
+
+START_TEST(test_inline_failure_and_api)
+{
+	check_failure_and_api(true);
 }
 END_TEST
 
