@@ -281,7 +281,7 @@ class Server:
 
     def metrics(self) -> dict[str, float]:
         """Counters of the server's Prometheus endpoint the report uses: requests by operation
-        (frontend and persistence) and the total persistence latency."""
+        (frontend and persistence) and the total persistence and visibility-store latency."""
         out: dict[str, float] = {}
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
@@ -289,6 +289,7 @@ class Server:
         except OSError:
             return out
         rx = re.compile(r'^(service_requests|persistence_requests|persistence_latency_sum|'
+                        r'visibility_persistence_latency_sum|'
                         r'service_errors_resource_exhausted)\{([^}]*)\} ([0-9.eE+-]+)$')
         for line in text.splitlines():
             m = rx.match(line)
@@ -555,6 +556,14 @@ async def phase_throughput(spec: Spec, tools: Tools, server: Server, wd: Path, p
                 if k.startswith("service_requests:") and v / n >= 0.01}
             res["persistence_s_per_activity"] = sum(
                 v for k, v in delta.items() if k.startswith("persistence_latency_sum:")) / n
+            # The dev server keeps its persistence and its visibility store in one in-memory SQLite
+            # database behind one connection (one datastore; the sqlite plugin's MaxOpenConns 1), so
+            # every store operation waits for that connection. The operations in the store layer on
+            # average over the window (Little: total latency / time) show whether it is saturated:
+            # at or above 1 it always has work queued, whatever the worker.
+            store = sum(v for k, v in delta.items() if k.startswith(
+                ("persistence_latency_sum:", "visibility_persistence_latency_sum:")))
+            res["store_ops_in_flight"] = store / dt_ if dt_ > 0 else None
             res["resource_exhausted"] = sum(v for k, v in delta.items()
                                             if k.startswith("service_errors_resource_exhausted"))
     finally:
@@ -657,6 +666,7 @@ def summarize(runs: list[dict[str, Any]], names: list[str]) -> dict[str, dict[st
             x["throughput_of_ceiling"] = median([r["throughput"] / r["ceiling_cpu"] for r in tr
                                                  if r.get("ceiling_cpu")])
             x["other_cpu_cores"] = median([r.get("other_cpu_cores") for r in tr])
+            x["store_ops_in_flight"] = median([r.get("store_ops_in_flight") for r in tr])
             x["idle_cpu_pct"] = median([100 * r["idle_cpu_cores"] for r in tr if "idle_cpu_cores" in r])
             roles = [r["worker_cpu_by_role"] for r in tr if r.get("worker_cpu_by_role")]
             if roles and spec.kind == "tprefork":
@@ -748,6 +758,7 @@ ROWS = [
     ("others_cpu_per_1k", "  tprefork children / 1000", "{:.3f}"),
     ("server_cpu_per_1k", "server CPU s / 1000 activities", "{:.2f}"),
     ("throughput_of_ceiling", "throughput / CPU-bound server ceiling", "{:.2f}"),
+    ("store_ops_in_flight", "server store operations in flight (one SQLite connection)", "{:.1f}"),
     ("other_cpu_cores", "other users' load in the window (cores)", "{:.2f}"),
     ("idle_child_rss_mib", "idle RSS of one tprefork child (MiB)", "{:.1f}"),
     ("idle_max_proc_rss_mib", "idle RSS, largest process (MiB)", "{:.1f}"),

@@ -27,6 +27,7 @@
 
 #define TP_H2_OUTBUF_HIGH  (1u << 20)  /* hand no more frames to the socket beyond this backlog */
 #define TP_H2_CLOSE_GRACE  2000        /* ms a local GOAWAY may take to flush before we just close */
+#define TP_H2_PING_ACK_DELAY 200       /* ms a server PING's ACK may wait for a write of ours */
 #define TP_H2_ERRLEN       512
 
 /* nghttp2 1.61 replaced the ssize_t based callbacks; use the new ones where they exist. */
@@ -87,6 +88,9 @@ struct tp_h2_conn {
 	bool                   term_sent;        /* our GOAWAY is queued */
 	bool                   fail_pending;     /* failure noticed inside nghttp2; close when out */
 	bool                   ping_outstanding;
+	bool                   ack_pending;      /* a server PING waits for its ACK (see on_ping_recv) */
+	uint8_t                ack_data[8];
+	int64_t                ack_since;        /* monotonic ms the PING arrived */
 	int                    in_session;       /* depth of nghttp2 calls on the stack */
 	bool                   has_err;
 	char                   err[TP_H2_ERRLEN];
@@ -109,6 +113,7 @@ struct tp_h2_conn {
 	struct event          *timer_ev;     /* connect timeout, later the close grace */
 	struct event          *ping_ev;      /* keepalive interval (persistent) */
 	struct event          *ping_to_ev;   /* PING ACK deadline */
+	struct event          *ack_ev;       /* our ACK of the server's PING is due */
 	struct event          *work_ev;      /* deferred flush / shutdown step */
 
 	TAILQ_HEAD(, tp_h2_stream) streams;
@@ -273,6 +278,7 @@ resolver_unref_deferred(struct tp_h2_resolver *r)
 static void on_timer(evutil_socket_t fd, short what, void *arg);
 static void on_ping(evutil_socket_t fd, short what, void *arg);
 static void on_ping_timeout(evutil_socket_t fd, short what, void *arg);
+static void on_ack_due(evutil_socket_t fd, short what, void *arg);
 static void on_work(evutil_socket_t fd, short what, void *arg);
 
 struct tp_h2_conn *
@@ -292,10 +298,11 @@ tp_h2_conn_new(struct event_base *base, struct tp_h2_resolver *resolver,
 	c->timer_ev = evtimer_new(base, on_timer, c);
 	c->ping_ev = event_new(base, -1, EV_PERSIST, on_ping, c);
 	c->ping_to_ev = evtimer_new(base, on_ping_timeout, c);
+	c->ack_ev = evtimer_new(base, on_ack_due, c);
 	c->work_ev = event_new(base, -1, 0, on_work, c);
 	TAILQ_INIT(&c->streams);
 	if (c->host == NULL || c->port == NULL || c->server_name == NULL || c->timer_ev == NULL ||
-	    c->ping_ev == NULL || c->ping_to_ev == NULL || c->work_ev == NULL) {
+	    c->ping_ev == NULL || c->ping_to_ev == NULL || c->ack_ev == NULL || c->work_ev == NULL) {
 		tp_h2_conn_free(c);
 		return NULL;
 	}
@@ -565,6 +572,28 @@ on_goaway(struct tp_h2_conn *c, const nghttp2_goaway *g)
 		c->state = TP_H2_DRAINING;
 }
 
+/* The server's PING. grpc-go servers probe the bandwidth-delay product with a PING after every
+ * DATA they receive while no probe is outstanding: one per request, so answering at once costs a
+ * wake-up and a write on both sides per request (two or three per activity) for no use to us.
+ * RFC 9113 §6.7 requires the ACK but sets no deadline. Ours waits for a write of ours at least half
+ * of TP_H2_PING_ACK_DELAY after the PING, or for that delay when there is none, and goes behind
+ * that write's frames: the server reads the DATA while its probe is still outstanding and sends
+ * no new one, so under load it PINGs every 100-200 ms instead of per request; a keepalive PING is
+ * answered well within any timeout (seconds). A second PING before the ACK answers the first. */
+static void
+on_ping_recv(struct tp_h2_conn *c, const uint8_t data[8])
+{
+	struct timeval tv;
+
+	if (c->ack_pending)
+		(void)nghttp2_submit_ping(c->session, NGHTTP2_FLAG_ACK, c->ack_data);
+	memcpy(c->ack_data, data, sizeof(c->ack_data));
+	c->ack_pending = true;
+	c->ack_since = tp_now_mono_ms();
+	tv = ms_tv(TP_H2_PING_ACK_DELAY);
+	evtimer_add(c->ack_ev, &tv);
+}
+
 static int
 on_frame_recv(nghttp2_session *session, const nghttp2_frame *f, void *ud)
 {
@@ -580,6 +609,8 @@ on_frame_recv(nghttp2_session *session, const nghttp2_frame *f, void *ud)
 		if (f->hd.flags & NGHTTP2_FLAG_ACK) {
 			c->ping_outstanding = false;
 			evtimer_del(c->ping_to_ev);
+		} else {
+			on_ping_recv(c, f->ping.opaque_data);
 		}
 		return 0;
 	case NGHTTP2_GOAWAY:
@@ -705,6 +736,7 @@ static int
 session_start(struct tp_h2_conn *c)
 {
 	nghttp2_session_callbacks *cbs;
+	nghttp2_option *opt;
 	nghttp2_settings_entry iv[2] = {
 		{ NGHTTP2_SETTINGS_ENABLE_PUSH, 0 },
 		{ NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, c->window },
@@ -724,7 +756,13 @@ session_start(struct tp_h2_conn *c)
 	nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
 	nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
 	nghttp2_session_callbacks_set_error_callback2(cbs, on_error);
-	rv = nghttp2_session_client_new(&c->session, cbs, c);
+	if (nghttp2_option_new(&opt) != 0) {
+		nghttp2_session_callbacks_del(cbs);
+		return NGHTTP2_ERR_NOMEM;
+	}
+	nghttp2_option_set_no_auto_ping_ack(opt, 1);     /* see on_ping_recv */
+	rv = nghttp2_session_client_new2(&c->session, cbs, c, opt);
+	nghttp2_option_del(opt);
 	nghttp2_session_callbacks_del(cbs);
 	if (rv != 0)
 		return rv;
@@ -996,7 +1034,7 @@ write_out(struct tp_h2_conn *c)
 }
 
 static void
-flush(struct tp_h2_conn *c)
+flush_ack(struct tp_h2_conn *c, bool ack_now)
 {
 	int rv;
 
@@ -1004,6 +1042,14 @@ flush(struct tp_h2_conn *c)
 		return;
 	c->in_session++;
 	rv = nghttp2_session_send(c->session);
+	if (rv == 0 && c->ack_pending && (ack_now || (tp_now_mono_ms() - c->ack_since >=
+	    TP_H2_PING_ACK_DELAY / 2 && evbuffer_get_length(bufferevent_get_output(c->bev)) > 0))) {
+		c->ack_pending = false;
+		evtimer_del(c->ack_ev);
+		/* Refused only once the session is ending, when the ACK no longer matters. */
+		if (nghttp2_submit_ping(c->session, NGHTTP2_FLAG_ACK, c->ack_data) == 0)
+			rv = nghttp2_session_send(c->session);
+	}
 	c->in_session--;
 	if (c->fail_pending) {
 		conn_close(c);
@@ -1015,6 +1061,20 @@ flush(struct tp_h2_conn *c)
 	}
 	write_out(c);
 	check_session_done(c);
+}
+
+/* Hand what the session queued to the transport, with a waiting PING ACK behind it once the PING
+ * is half its allowed delay old (see on_ping_recv). */
+static void
+flush(struct tp_h2_conn *c)
+{
+	flush_ack(c, false);
+}
+
+static void
+on_ack_due(evutil_socket_t fd, short what, void *arg)
+{
+	flush_ack(arg, true);
 }
 
 static void
@@ -1108,6 +1168,9 @@ teardown(struct tp_h2_conn *c)
 		event_del(c->ping_ev);
 	if (c->ping_to_ev != NULL)
 		evtimer_del(c->ping_to_ev);
+	if (c->ack_ev != NULL)
+		evtimer_del(c->ack_ev);
+	c->ack_pending = false;
 	if (c->work_ev != NULL)
 		event_del(c->work_ev);
 	if (c->session != NULL) {
@@ -1201,6 +1264,8 @@ tp_h2_conn_free(struct tp_h2_conn *c)
 		event_free(c->ping_ev);
 	if (c->ping_to_ev != NULL)
 		event_free(c->ping_to_ev);
+	if (c->ack_ev != NULL)
+		event_free(c->ack_ev);
 	if (c->work_ev != NULL)
 		event_free(c->work_ev);
 	if (c->ssl_ctx != NULL)

@@ -21,6 +21,7 @@
 
 #include "transport/tp_grpc.h"
 #include "transport/tp_h2.h"
+#include "core/tp_util.h"
 
 /* ============================================================================================ *
  * Pure helpers                                                                                  *
@@ -471,6 +472,10 @@ struct sconn {
 	nghttp2_session    *s;
 	int32_t             goaway_last;      /* -1: none sent */
 	bool                dead;
+	bool                ping_out;         /* bdp_ping: our PING awaits its ACK */
+	int64_t             ping_ms;
+	uint8_t             ping_data[8];
+	bool                data_in_read;     /* a DATA frame came in the current read */
 	LIST_ENTRY(sconn)   link;
 };
 
@@ -496,6 +501,15 @@ struct srv {
 	int                    port;
 	uint32_t               max_streams;     /* 0: not announced */
 	bool                   no_ping_ack;
+	bool                   bdp_ping;        /* PING after DATA while none is outstanding (grpc-go) */
+	int                    pings_sent;
+	int                    acks;
+	int                    acks_bad;        /* an ACK whose payload is not the PING's */
+	int                    acks_behind_data; /* the ACK came after DATA in the same read */
+	int64_t                ack_min_ms;      /* PING to ACK */
+	int64_t                ack_max_ms;
+	uint8_t                ack_first[16];   /* the first payload byte of every ACK, in order */
+	int                    nack_first;
 	int                    nconns;
 	int                    cur_streams;
 	int                    peak_streams;
@@ -798,6 +812,24 @@ s_data(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t *data, size_
 	return 0;
 }
 
+static void
+s_ping_acked(struct sconn *sc, const uint8_t *data)
+{
+	struct srv *srv = sc->srv;
+	int64_t ms = tp_now_mono_ms() - sc->ping_ms;
+
+	sc->ping_out = false;
+	srv->acks++;
+	if (memcmp(data, sc->ping_data, sizeof(sc->ping_data)) != 0)
+		srv->acks_bad++;
+	if (sc->data_in_read)
+		srv->acks_behind_data++;
+	if (srv->acks == 1 || ms < srv->ack_min_ms)
+		srv->ack_min_ms = ms;
+	if (ms > srv->ack_max_ms)
+		srv->ack_max_ms = ms;
+}
+
 static int
 s_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
 {
@@ -808,6 +840,21 @@ s_frame_recv(nghttp2_session *s, const nghttp2_frame *f, void *ud)
 		sc->srv->rst_cancel++;
 	if (f->hd.type == NGHTTP2_GOAWAY)
 		sc->srv->goaway_recv++;
+	if (f->hd.type == NGHTTP2_PING && (f->hd.flags & NGHTTP2_FLAG_ACK)) {
+		if (sc->srv->nack_first < (int)sizeof(sc->srv->ack_first))
+			sc->srv->ack_first[sc->srv->nack_first++] = f->ping.opaque_data[0];
+		if (sc->ping_out)
+			s_ping_acked(sc, f->ping.opaque_data);
+	}
+	if (f->hd.type == NGHTTP2_DATA) {
+		sc->data_in_read = true;
+		if (sc->srv->bdp_ping && !sc->ping_out) {
+			sc->ping_out = true;
+			sc->ping_ms = tp_now_mono_ms();
+			sc->ping_data[0] = (uint8_t)++sc->srv->pings_sent;
+			nghttp2_submit_ping(s, NGHTTP2_FLAG_NONE, sc->ping_data);
+		}
+	}
 	if ((f->hd.type == NGHTTP2_HEADERS || f->hd.type == NGHTTP2_DATA) && st != NULL &&
 	    (f->hd.flags & NGHTTP2_FLAG_END_STREAM))
 		handle_request(st);
@@ -859,6 +906,7 @@ s_on_read(struct bufferevent *bev, void *arg)
 	size_t n = evbuffer_get_length(in);
 	unsigned char *p = evbuffer_pullup(in, (ssize_t)n);
 
+	sc->data_in_read = false;
 	if (nghttp2_session_mem_recv(sc->s, p, n) < 0)
 		sc->dead = true;
 	evbuffer_drain(in, n);
@@ -1589,6 +1637,79 @@ START_TEST(test_h2_keepalive_ok)
 }
 END_TEST
 
+/* Dispatch for about ms milliseconds. */
+static void
+run_for(struct fixture *fx, int ms)
+{
+	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+
+	event_base_loopexit(fx->base, &tv);
+	while (event_base_dispatch(fx->base) == 0 && !event_base_got_exit(fx->base))
+		;
+}
+
+/* A server that PINGs after every DATA it receives while no PING is outstanding (grpc-go's BDP
+ * probe): the ACK waits for a write of ours (behind its DATA) or its deadline, so the server
+ * sends far fewer PINGs than requests, and every PING still gets its ACK, with its payload,
+ * within TP_H2_PING_ACK_DELAY (200 ms) and never before half of it. */
+START_TEST(test_h2_ping_ack_deferred)
+{
+	struct fixture fx;
+	struct result r;
+	int i, n = 40;
+
+	fx_init(&fx, 0, 0);
+	fx.srv->bdp_ping = true;
+	for (i = 0; i < n; i++) {
+		run_call(&fx, "/t.S/Echo", "x", 5000, &r);
+		ck_assert_int_eq(r.code, TP_GRPC_OK);
+		run_for(&fx, 10);
+	}
+	run_for(&fx, 400);          /* the last PING's deadline */
+	ck_assert_int_ge(fx.srv->pings_sent, 2);
+	ck_assert_msg(fx.srv->pings_sent <= n / 4, "%d PINGs for %d requests", fx.srv->pings_sent, n);
+	ck_assert_int_eq(fx.srv->acks, fx.srv->pings_sent);
+	ck_assert_int_eq(fx.srv->acks_bad, 0);
+	ck_assert_int_ge(fx.srv->acks_behind_data, 1);
+	ck_assert_int_ge(fx.srv->ack_min_ms, 100);
+	ck_assert_int_le(fx.srv->ack_max_ms, 2000);
+
+	/* Idle: the deadline answers (no earlier than 200 ms). */
+	fx.srv->bdp_ping = false;
+	{
+		struct sconn *sc = LIST_FIRST(&fx.srv->conns);
+		int64_t t0 = tp_now_mono_ms();
+		uint8_t a[8] = { 0xa1 }, b[8] = { 0xb2 };
+
+		ck_assert_ptr_nonnull(sc);
+		fx.srv->nack_first = 0;
+		nghttp2_submit_ping(sc->s, NGHTTP2_FLAG_NONE, a);
+		sconn_flush(sc);
+		for (i = 0; i < 20 && fx.srv->nack_first < 1; i++)
+			run_for(&fx, 100);
+		ck_assert_int_eq(fx.srv->nack_first, 1);
+		ck_assert_int_eq(fx.srv->ack_first[0], 0xa1);
+		ck_assert_int_ge(tp_now_mono_ms() - t0, 200);
+
+		/* Two PINGs in a row: the first is answered when the second arrives, both in order. */
+		fx.srv->nack_first = 0;
+		nghttp2_submit_ping(sc->s, NGHTTP2_FLAG_NONE, a);
+		nghttp2_submit_ping(sc->s, NGHTTP2_FLAG_NONE, b);
+		sconn_flush(sc);
+		for (i = 0; i < 20 && fx.srv->nack_first < 2; i++)
+			run_for(&fx, 100);
+		ck_assert_int_eq(fx.srv->nack_first, 2);
+		ck_assert_int_eq(fx.srv->ack_first[0], 0xa1);
+		ck_assert_int_eq(fx.srv->ack_first[1], 0xb2);
+	}
+	/* The connection is still good. */
+	run_call(&fx, "/t.S/Echo", "y", 5000, &r);
+	ck_assert_int_eq(r.code, TP_GRPC_OK);
+	ck_assert_int_eq(fx.srv->nconns, 1);
+	fx_done(&fx);
+}
+END_TEST
+
 START_TEST(test_h2_connect_timeout)
 {
 	struct fixture fx;
@@ -1671,6 +1792,7 @@ grpc_suite(void)
 	tcase_add_test(chan, test_h2_connect_timeout);
 	tcase_add_test(chan, test_h2_keepalive_timeout);
 	tcase_add_test(chan, test_h2_keepalive_ok);
+	tcase_add_test(chan, test_h2_ping_ack_deferred);
 	suite_add_tcase(s, chan);
 	return s;
 }
