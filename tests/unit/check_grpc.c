@@ -1601,12 +1601,22 @@ START_TEST(test_h2_keepalive_timeout)
 }
 END_TEST
 
+/* Dispatch for about ms milliseconds. */
+static void
+run_for(struct fixture *fx, int ms)
+{
+	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+
+	event_base_loopexit(fx->base, &tv);
+	while (event_base_dispatch(fx->base) == 0 && !event_base_got_exit(fx->base))
+		;
+}
+
 START_TEST(test_h2_keepalive_ok)
 {
 	struct fixture fx;
 	struct tp_h2_conn_opts o;
 	struct tp_h2_conn *c;
-	struct timeval tv = { 0, 300000 };
 
 	fx_init(&fx, 0, 0);
 	memset(&o, 0, sizeof(o));
@@ -1622,9 +1632,7 @@ START_TEST(test_h2_keepalive_ok)
 		tp_h2_resolver_unref(res);
 	}
 	tp_h2_conn_connect(c);
-	event_base_loopexit(fx.base, &tv);
-	while (event_base_dispatch(fx.base) == 0 && !event_base_got_exit(fx.base))
-		;
+	run_for(&fx, 300);
 	ck_assert_msg(tp_h2_conn_state(c) == TP_H2_READY, "state %d: %s", tp_h2_conn_state(c),
 	    tp_h2_conn_error(c) ? tp_h2_conn_error(c) : "");
 	tp_h2_conn_shutdown(c);
@@ -1636,17 +1644,6 @@ START_TEST(test_h2_keepalive_ok)
 	fx_done(&fx);
 }
 END_TEST
-
-/* Dispatch for about ms milliseconds. */
-static void
-run_for(struct fixture *fx, int ms)
-{
-	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
-
-	event_base_loopexit(fx->base, &tv);
-	while (event_base_dispatch(fx->base) == 0 && !event_base_got_exit(fx->base))
-		;
-}
 
 /* A server that PINGs after every DATA it receives while no PING is outstanding (grpc-go's BDP
  * probe): the ACK waits for a write of ours (behind its DATA) or its deadline, so the server
