@@ -21,6 +21,8 @@ struct tp_channel {
 	struct evbuffer             *pend;        /* frames of this loop turn, not yet written */
 	struct event                *flush_ev;    /* end of the turn: write pend */
 	struct event                *lazy_ev;     /* only lazy frames pending: write them by then */
+	struct event                *batch_ev;    /* batched reads: the next read (see on_batch) */
+	int                          batch_ms;    /* 0: read on every wake-up */
 	bool                         flush_armed;
 	bool                         lazy_armed;
 	struct tp_channel_callbacks  cb;
@@ -60,6 +62,8 @@ fail(struct tp_channel *ch, const char *why)
 		return;
 	ch->failed = true;
 	event_del(ch->rd_ev);
+	if (ch->batch_ev)
+		evtimer_del(ch->batch_ev);
 	ch->cb.error(ch->cb.arg, why);
 }
 
@@ -99,36 +103,79 @@ on_read(struct tp_channel *ch)
 }
 
 /* Reads bypass the bufferevent, which asks the kernel how much is readable (FIONREAD) before every
- * read: one recv() per wake-up here, appended to the bufferevent's input buffer. */
-static void
-on_sock_read(evutil_socket_t fd, short what, void *arg)
+ * read: one recv() per buffer, appended to the input buffer and delivered. At most max recv()
+ * calls; returns the bytes read, or -1 once the channel has failed (EOF, an error, a bad frame). */
+static ssize_t
+read_some(struct tp_channel *ch, int max)
 {
-	struct tp_channel *ch = arg;
+	int fd = bufferevent_getfd(ch->bev);
 	uint8_t buf[16384];
-	ssize_t n;
+	ssize_t n, total = 0;
 
-	(void)what;
-	for (int i = 0; i < 4 && !ch->failed; i++) {
+	for (int i = 0; i < max && !ch->failed; i++) {
 		n = recv(fd, buf, sizeof(buf), 0);
 		if (n == 0) {
 			fail(ch, "closed");
-			return;
+			break;
 		}
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
 			if (errno != EAGAIN && errno != EWOULDBLOCK)
 				fail(ch, strerror(errno));
-			return;
+			break;
 		}
+		total += n;
 		if (evbuffer_add(ch->in, buf, (size_t)n) != 0) {
 			fail(ch, "out of memory");
-			return;
+			break;
 		}
 		on_read(ch);
 		if ((size_t)n < sizeof(buf))
-			return;
+			break;
 	}
+	return ch->failed ? -1 : total;
+}
+
+static void
+arm_batch(struct tp_channel *ch)
+{
+	struct timeval tv = { ch->batch_ms / 1000, (ch->batch_ms % 1000) * 1000 };
+
+	evtimer_add(ch->batch_ev, &tv);
+}
+
+/* The socket is readable. With batched reads, stop watching it: what comes next is read on a timer
+ * (on_batch). */
+static void
+on_sock_read(evutil_socket_t fd, short what, void *arg)
+{
+	struct tp_channel *ch = arg;
+
+	(void)fd;
+	(void)what;
+	if (read_some(ch, 4) > 0 && ch->batch_ms > 0) {
+		event_del(ch->rd_ev);
+		arm_batch(ch);
+	}
+}
+
+/* Batched reads: read what came since the last read; go on on the timer while something keeps
+ * coming, watch the socket again after a read that finds nothing (level-triggered: bytes that
+ * arrive in between wake the loop at once). */
+static void
+on_batch(evutil_socket_t fd, short what, void *arg)
+{
+	struct tp_channel *ch = arg;
+	ssize_t n;
+
+	(void)fd;
+	(void)what;
+	n = read_some(ch, 64);
+	if (n > 0)
+		arm_batch(ch);
+	else if (n == 0)
+		event_add(ch->rd_ev, NULL);
 }
 
 static void
@@ -153,6 +200,8 @@ free_events(struct tp_channel *ch)
 		event_free(ch->flush_ev);
 	if (ch->lazy_ev)
 		event_free(ch->lazy_ev);
+	if (ch->batch_ev)
+		event_free(ch->batch_ev);
 	if (ch->in)
 		evbuffer_free(ch->in);
 	if (ch->pend)
@@ -177,9 +226,10 @@ tp_channel_new(struct event_base *base, int fd, const struct tp_channel_callback
 	ch->pend = evbuffer_new();
 	ch->flush_ev = event_new(base, -1, 0, on_flush, ch);
 	ch->lazy_ev = evtimer_new(base, on_flush, ch);
+	ch->batch_ev = evtimer_new(base, on_batch, ch);
 	ch->rd_ev = event_new(base, fd, EV_READ | EV_PERSIST, on_sock_read, ch);
 	if (ch->in == NULL || ch->pend == NULL || ch->flush_ev == NULL || ch->lazy_ev == NULL ||
-	    ch->rd_ev == NULL || event_add(ch->rd_ev, NULL) != 0) {
+	    ch->batch_ev == NULL || ch->rd_ev == NULL || event_add(ch->rd_ev, NULL) != 0) {
 		free_events(ch);
 		bufferevent_free(ch->bev);
 		free(ch);
@@ -272,6 +322,12 @@ tp_channel_send_lazy(struct tp_channel *ch, const tp_envelope *m, int within_ms)
 		evtimer_add(ch->lazy_ev, &tv);
 	}
 	return 0;
+}
+
+void
+tp_channel_batch_reads(struct tp_channel *ch, int ms)
+{
+	ch->batch_ms = ms > 0 ? ms : 0;
 }
 
 void

@@ -38,6 +38,10 @@ int  tp_channel_send(struct tp_channel *ch, const tp_envelope *m);
 /* Queue a message that may wait: it goes with the next tp_channel_send's write, or within_ms later
  * at the latest. Order is kept. */
 int  tp_channel_send_lazy(struct tp_channel *ch, const tp_envelope *m, int within_ms);
+/* Batch the reads: after a wake-up that found data, read again every ms (not on every message)
+ * until a read finds nothing, then wake on the next byte again. A message waits at most ms; what a
+ * peer wrote before it died is in the socket and read by tp_channel_read_now. 0: off (default). */
+void tp_channel_batch_reads(struct tp_channel *ch, int ms);
 /* Read what the peer has already written and deliver its complete messages now (before freeing
  * the channel of a peer that has exited, so that its last messages are not lost). */
 void tp_channel_read_now(struct tp_channel *ch);

@@ -40,6 +40,16 @@
 #define RESPAWN_STABLE_MS 30000
 /* How long the stop waits for the master's own failure reports before closing its client. */
 #define STOP_REPORT_WAIT_MS 5000
+/* A busy child's channel is read this often, not on every message (each TaskStarted would wake the
+ * master once per activity). Nothing the master does with a message is urgent to the millisecond:
+ * what a child wrote before dying is still in the socket and is read at its exit (child_exited),
+ * and the journal's in-flight rows wait journal.commit_delay anyway. An idle channel wakes the
+ * master on its first byte. */
+#define CHILD_READ_BATCH_MS 50
+/* None of the master's timers needs to be precise to the millisecond; with this much timer slack
+ * the kernel fires the ones due close together in one wake-up (the channels' batched reads, the
+ * journal's commit, the tick). */
+#define MASTER_TIMER_SLACK_MS 25
 
 enum master_state { M_RUNNING = 1, M_STOPPING, M_CLOSING };
 
@@ -376,6 +386,8 @@ spawn(struct master *m, int index)
 		struct tp_channel_callbacks cb = { on_child_msg, on_child_channel_error, ref };
 		c->ch = tp_channel_new(m->base, fd, &cb);
 	}
+	if (c->ch)
+		tp_channel_batch_reads(c->ch, CHILD_READ_BATCH_MS);
 	c->next = m->children;
 	if (m->children)
 		m->children->prev = c;
@@ -856,6 +868,9 @@ status_fill(void *arg, struct tp_status_snapshot *s)
 	s->child_restarts = m->child_restarts;
 	s->tasks_failed_by_master = m->tasks_failed_by_master;
 	s->journal_paused = tp_durable_paused(m->dur);
+	/* What the children wrote since the last batched read (the callbacks do not unlink any). */
+	for (struct tp_child *c = m->children; c; c = c->next)
+		tp_channel_read_now(c->ch);
 	s->journal_inflight = tp_durable_inflight_len(m->dur);
 	s->journal_outbox = tp_durable_outbox_len(m->dur);
 	for (const struct tp_child *c = m->children; c && n < (size_t)m->nchildren; c = c->next) {
@@ -969,6 +984,7 @@ master_init(struct master *m, const struct tp_master_opts *o)
 	/* Orphaned activity processes of a killed worker come to us, so their process groups stay
 	 * pinned until we have killed them. */
 	prctl(PR_SET_CHILD_SUBREAPER, 1);
+	prctl(PR_SET_TIMERSLACK, MASTER_TIMER_SLACK_MS * 1000000UL);
 	tp_proc_init();
 	m->base = event_base_new();
 	if (m->base == NULL) {

@@ -24,6 +24,8 @@ tp_proc_init(void)
 	exe_path[n > 0 ? n : 0] = '\0';
 }
 
+#define TP_PROC_CHILD_TIMER_SLACK_NS 50000UL
+
 /* In the forked child: only async-signal-safe calls until execv. */
 static void __attribute__((noreturn))
 child_exec(int fd, int index, int gen)
@@ -33,6 +35,8 @@ child_exec(int fd, int index, int gen)
 
 	/* The master's death reaches the child as a drain request. */
 	prctl(PR_SET_PDEATHSIG, SIGUSR1);
+	/* Not the master's coarse timer slack (inherited across fork and exec): the kernel's default. */
+	prctl(PR_SET_TIMERSLACK, TP_PROC_CHILD_TIMER_SLACK_NS);
 	if (fd != TP_PROC_CHANNEL_FD) {
 		if (dup2(fd, TP_PROC_CHANNEL_FD) == -1)
 			_exit(126);

@@ -389,6 +389,10 @@ def test_child_inherits_only_allowlisted_fds(server, tprefork):
     assert pidfile not in child_fds.values()
     assert cmdline(tp.pid).startswith("tprefork: master")
     assert cmdline(child).startswith("tprefork: worker 0 gen 1")
+    # The master's coarse timer slack (its timers fire together) is not the child's.
+    slack = lambda pid: int(open(f"/proc/{pid}/timerslack_ns").read())
+    assert slack(tp.pid) == 25_000_000
+    assert slack(child) == 50_000
 
 
 # ---- pid file and -s ----------------------------------------------------------------------------------

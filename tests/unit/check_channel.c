@@ -1,5 +1,5 @@
 /* Unit tests: tp_channel, the master-child message channel (framing, the per-turn write, lazy
- * messages, order, flush at free, a malformed frame). */
+ * messages, order, flush at free, a malformed frame, batched reads). */
 #include <check.h>
 #include <errno.h>
 #include <event2/event.h>
@@ -118,6 +118,16 @@ turn(struct pair *p)
 	event_base_loop(p->base, EVLOOP_NONBLOCK);
 }
 
+/* Turns of the loop for ms (a blocking dispatch up to then). */
+static void
+run_for(struct pair *p, int ms)
+{
+	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+
+	event_base_loopexit(p->base, &tv);
+	event_base_dispatch(p->base);
+}
+
 /* The messages of one turn are written together at its end, in order, and delivered. */
 START_TEST(test_turn_batch_in_order)
 {
@@ -167,14 +177,12 @@ END_TEST
 START_TEST(test_lazy_alone_by_deadline)
 {
 	struct pair p;
-	struct timeval tv = { 0, 300 * 1000 };
 
 	pair_open(&p);
 	send_done_lazy(p.a, 100);
 	turn(&p);
 	ck_assert_int_eq(p.gb.n, 0);
-	event_base_loopexit(p.base, &tv);
-	event_base_dispatch(p.base);
+	run_for(&p, 300);
 	ck_assert_int_eq(p.gb.n, 1);
 	ck_assert_str_eq(p.gb.ids[0], "done");
 	pair_close(&p);
@@ -254,6 +262,50 @@ START_TEST(test_large_turn)
 }
 END_TEST
 
+/* Batched reads: the first message wakes the reader at once; what follows while it keeps coming is
+ * read on the timer, in order; a read that finds nothing goes back to waking on the next byte; what
+ * a peer wrote before it closed is read by tp_channel_read_now, and its EOF still reported. */
+START_TEST(test_batched_reads)
+{
+	enum { BATCH_MS = 200 };
+	struct pair p;
+
+	pair_open(&p);
+	tp_channel_batch_reads(p.b, BATCH_MS);
+	send_started(p.a, "1");
+	run_for(&p, 30);
+	ck_assert_int_eq(p.gb.n, 1);                        /* idle: read on its first byte */
+	send_started(p.a, "2");
+	send_started(p.a, "3");
+	run_for(&p, 30);
+	ck_assert_int_eq(p.gb.n, 1);                        /* batching: not read yet ... */
+	ck_assert_int_eq(readable(p.fds[1], 0), 1);         /* ... though in the socket */
+	run_for(&p, BATCH_MS + 100);
+	ck_assert_int_eq(p.gb.n, 3);
+	ck_assert_str_eq(p.gb.ids[1], "2");
+	ck_assert_str_eq(p.gb.ids[2], "3");
+	run_for(&p, 2 * BATCH_MS);                          /* a read finds nothing: watching again */
+	send_started(p.a, "4");
+	run_for(&p, 30);
+	ck_assert_int_eq(p.gb.n, 4);
+	ck_assert_str_eq(p.gb.ids[3], "4");
+	send_started(p.a, "5");                             /* batching again; then the peer goes */
+	turn(&p);
+	tp_channel_free(p.a);
+	p.a = NULL;
+	ck_assert_int_eq(p.gb.n, 4);
+	tp_channel_read_now(p.b);
+	ck_assert_int_eq(p.gb.n, 5);
+	ck_assert_str_eq(p.gb.ids[4], "5");
+	run_for(&p, BATCH_MS + 100);
+	ck_assert_int_eq(p.gb.errors, 1);
+	ck_assert_str_eq(p.gb.why, "closed");
+	ck_assert_int_eq(p.gb.n, 5);
+	tp_channel_free(p.b);
+	event_base_free(p.base);
+}
+END_TEST
+
 static Suite *
 channel_suite(void)
 {
@@ -266,6 +318,7 @@ channel_suite(void)
 	tcase_add_test(tc, test_free_flushes);
 	tcase_add_test(tc, test_eof_and_oversized);
 	tcase_add_test(tc, test_large_turn);
+	tcase_add_test(tc, test_batched_reads);
 	suite_add_tcase(s, tc);
 	return s;
 }
