@@ -829,7 +829,6 @@ def targets_of(summary: dict[str, dict[str, Any]], runs: list[dict[str, Any]], t
     add("throughput >= 0.9 x server-bound ceiling (CPU)", tc, 0.9, tc is not None and tc >= 0.9)
     rg = r("idle_child_rss_mib", "go")
     add("idle RSS of one child <= 0.25 x Go RSS", rg, 0.25, rg is not None and rg <= 0.25)
-    pg = ratio(summary, runs, tpn, "go", "idle_tree_pss_mib")
     gr = summary.get("go", {}).get("idle_max_proc_rss_mib")
     pg = tp.get("idle_tree_pss_mib") / gr if tp.get("idle_tree_pss_mib") and gr else None
     add("tree PSS (2 children) <= Go RSS", pg, 1.0, pg is not None and pg <= 1.0)
@@ -837,8 +836,9 @@ def targets_of(summary: dict[str, dict[str, Any]], runs: list[dict[str, Any]], t
     add("s2s p99 at half load <= Go", sg, 1.0, sg is not None and sg <= 1.0)
     st = tp.get("stop_idle_capability_ms")
     add("idle stop with the server capability <= 100 ms", st, 100, st is not None and st <= 100)
-    lost = {n: v.get("lost", 0) for n, v in summary.items()}
-    add("activities lost == 0 (every worker, every phase)", sum(lost.values()), 0, sum(lost.values()) == 0)
+    # tprefork's own: the SDK workers' losses are in the table, not a target of ours.
+    lost = sum(v.get("lost", 0) for n, v in summary.items() if n.startswith("tprefork"))
+    add("activities lost == 0 (every tprefork variant, every phase)", lost, 0, lost == 0)
     return out
 
 
