@@ -67,8 +67,9 @@ fail(struct tp_channel *ch, const char *why)
 	ch->cb.error(ch->cb.arg, why);
 }
 
-/* Deliver every complete frame in the input buffer. */
-static void
+/* Deliver every complete frame in the input buffer. Returns -1 if the channel failed: its error
+ * callback ran and may have freed it, so the caller must not touch ch again. */
+static int
 on_read(struct tp_channel *ch)
 {
 	struct evbuffer *in = ch->in;
@@ -83,10 +84,10 @@ on_read(struct tp_channel *ch)
 		n = get_len(hdr);
 		if (n > TP_CHANNEL_MAX) {
 			fail(ch, "oversized frame");
-			return;
+			return -1;
 		}
 		if (evbuffer_get_length(in) < (size_t)n + 4)
-			return;
+			return 0;
 		evbuffer_drain(in, 4);
 		body = evbuffer_pullup(in, n);
 		m = tprefork__channel__v1__envelope__unpack(NULL, n, body);
@@ -95,16 +96,18 @@ on_read(struct tp_channel *ch)
 			if (m)
 				tprefork__channel__v1__envelope__free_unpacked(m, NULL);
 			fail(ch, "malformed message");
-			return;
+			return -1;
 		}
 		ch->cb.msg(ch->cb.arg, m);
 		tprefork__channel__v1__envelope__free_unpacked(m, NULL);
 	}
+	return 0;
 }
 
 /* Reads bypass the bufferevent, which asks the kernel how much is readable (FIONREAD) before every
  * read: one recv() per buffer, appended to the input buffer and delivered. At most max recv()
- * calls; returns the bytes read, or -1 once the channel has failed (EOF, an error, a bad frame). */
+ * calls; returns the bytes read, or -1 once the channel has failed (EOF, an error, a bad frame):
+ * then its error callback ran and may have freed it. */
 static ssize_t
 read_some(struct tp_channel *ch, int max)
 {
@@ -112,29 +115,34 @@ read_some(struct tp_channel *ch, int max)
 	uint8_t buf[16384];
 	ssize_t n, total = 0;
 
-	for (int i = 0; i < max && !ch->failed; i++) {
+	if (ch->failed)
+		return -1;
+	for (int i = 0; i < max; i++) {
 		n = recv(fd, buf, sizeof(buf), 0);
 		if (n == 0) {
 			fail(ch, "closed");
-			break;
+			return -1;
 		}
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
-			if (errno != EAGAIN && errno != EWOULDBLOCK)
+			if (errno != EAGAIN && errno != EWOULDBLOCK) {
 				fail(ch, strerror(errno));
+				return -1;
+			}
 			break;
 		}
 		total += n;
 		if (evbuffer_add(ch->in, buf, (size_t)n) != 0) {
 			fail(ch, "out of memory");
-			break;
+			return -1;
 		}
-		on_read(ch);
+		if (on_read(ch) != 0)
+			return -1;
 		if ((size_t)n < sizeof(buf))
 			break;
 	}
-	return ch->failed ? -1 : total;
+	return total;
 }
 
 static void
@@ -343,7 +351,7 @@ tp_channel_read_now(struct tp_channel *ch)
 	/* Bounded: a dead peer's bytes are all in the socket already. */
 	while (evbuffer_get_length(in) < TP_CHANNEL_MAX + 4 && evbuffer_read(in, fd, 65536) > 0)
 		;
-	on_read(ch);
+	(void)on_read(ch);
 }
 
 size_t

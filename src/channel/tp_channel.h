@@ -22,7 +22,8 @@ typedef Tprefork__Channel__V1__Envelope tp_envelope;
 struct tp_channel;
 
 /* msg: one received message (freed after the callback returns).
- * error: EOF (why = "closed") or a malformed frame; no further callbacks follow. */
+ * error: EOF (why = "closed") or a malformed frame; no further callbacks follow. It may free the
+ * channel (tp_channel_free). */
 struct tp_channel_callbacks {
 	void (*msg)(void *arg, const tp_envelope *m);
 	void (*error)(void *arg, const char *why);

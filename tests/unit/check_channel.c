@@ -306,6 +306,77 @@ START_TEST(test_batched_reads)
 }
 END_TEST
 
+/* A reader whose error callback frees its channel, as a worker does with the master's. */
+struct owner {
+	struct tp_channel *ch;
+	int                errors;
+};
+
+static void
+on_err_free(void *arg, const char *why)
+{
+	struct owner *o = arg;
+
+	(void)why;
+	o->errors++;
+	tp_channel_free(o->ch);
+	o->ch = NULL;
+}
+
+static void
+on_msg_none(void *arg, const tp_envelope *m)
+{
+	(void)arg;
+	(void)m;
+}
+
+/* The error callback may free the channel: on EOF and on a malformed frame, read on a wake-up and
+ * on the batched timer (the sanitizer and valgrind runs of this suite see any use after it). */
+START_TEST(test_error_callback_may_free)
+{
+	for (int batched = 0; batched < 2; batched++) {
+		for (int malformed = 0; malformed < 2; malformed++) {
+			struct event_base *base = event_base_new();
+			struct owner o = { 0 };
+			struct tp_channel_callbacks cb = { on_msg_none, on_err_free, &o };
+			uint8_t bad[6] = { 0, 0, 0, 2, 0xff, 0xff };
+			struct timeval tv = { 0, 300 * 1000 };
+			int fds[2];
+
+			ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+			o.ch = tp_channel_new(base, fds[1], &cb);
+			ck_assert_ptr_nonnull(o.ch);
+			if (batched) {
+				Tprefork__Channel__V1__Ready r = TPREFORK__CHANNEL__V1__READY__INIT;
+				tp_envelope m = TPREFORK__CHANNEL__V1__ENVELOPE__INIT;
+				size_t len;
+				uint8_t *frame;
+
+				m.msg_case = TPREFORK__CHANNEL__V1__ENVELOPE__MSG_READY;
+				m.ready = &r;
+				frame = tp_channel_encode(&m, &len);
+				tp_channel_batch_reads(o.ch, 50);
+				ck_assert_int_eq(write(fds[0], frame, len), (ssize_t)len);  /* wakes it: batching */
+				free(frame);
+				event_base_loop(base, EVLOOP_ONCE);
+				ck_assert_ptr_nonnull(o.ch);
+			}
+			if (malformed)
+				ck_assert_int_eq(write(fds[0], bad, sizeof(bad)), (ssize_t)sizeof(bad));
+			else
+				close(fds[0]);
+			event_base_loopexit(base, &tv);
+			event_base_dispatch(base);
+			ck_assert_int_eq(o.errors, 1);
+			ck_assert_ptr_null(o.ch);
+			if (malformed)
+				close(fds[0]);
+			event_base_free(base);
+		}
+	}
+}
+END_TEST
+
 static Suite *
 channel_suite(void)
 {
@@ -319,6 +390,7 @@ channel_suite(void)
 	tcase_add_test(tc, test_eof_and_oversized);
 	tcase_add_test(tc, test_large_turn);
 	tcase_add_test(tc, test_batched_reads);
+	tcase_add_test(tc, test_error_callback_may_free);
 	suite_add_tcase(s, tc);
 	return s;
 }
