@@ -800,14 +800,6 @@ on_pidfd(evutil_socket_t fd, short what, void *arg)
 	leader_gone(x);
 }
 
-static void
-poll_arm(struct tp_exec *x)
-{
-	struct timeval tv = { 0, x->poll_ms * 1000 };
-
-	evtimer_add(x->ev_pid, &tv);
-}
-
 /* Without pidfds (kernels before 5.3, or an emulator such as valgrind that lacks pidfd_open) the
  * exit is polled with WNOHANG, backing off to TP_EXEC_POLL_MAX_MS. Still no SIGCHLD handling. */
 static void
@@ -823,7 +815,7 @@ on_poll_leader(evutil_socket_t fd, short what, void *arg)
 	}
 	if (x->poll_ms < TP_EXEC_POLL_MAX_MS)
 		x->poll_ms *= 2;
-	poll_arm(x);
+	tp_timer_in(x->ev_pid, x->poll_ms);
 }
 
 static void
@@ -970,7 +962,7 @@ watch(struct tp_exec *x)
 		if (x->ev_pid == NULL)
 			return -2;
 		x->poll_ms = TP_EXEC_POLL_MIN_MS;
-		poll_arm(x);
+		tp_timer_in(x->ev_pid, x->poll_ms);
 	}
 	if (x->input_len == 0)
 		close_fd(&x->st[ST_IN].fd);

@@ -145,14 +145,6 @@ read_some(struct tp_channel *ch, int max)
 	return total;
 }
 
-static void
-arm_batch(struct tp_channel *ch)
-{
-	struct timeval tv = { ch->batch_ms / 1000, (ch->batch_ms % 1000) * 1000 };
-
-	evtimer_add(ch->batch_ev, &tv);
-}
-
 /* The socket is readable. With batched reads, stop watching it: what comes next is read on a timer
  * (on_batch). */
 static void
@@ -164,7 +156,7 @@ on_sock_read(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	if (read_some(ch, 4) > 0 && ch->batch_ms > 0) {
 		event_del(ch->rd_ev);
-		arm_batch(ch);
+		tp_timer_in(ch->batch_ev, ch->batch_ms);
 	}
 }
 
@@ -181,7 +173,7 @@ on_batch(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	n = read_some(ch, 64);
 	if (n > 0)
-		arm_batch(ch);
+		tp_timer_in(ch->batch_ev, ch->batch_ms);
 	else if (n == 0)
 		event_add(ch->rd_ev, NULL);
 }
@@ -321,13 +313,11 @@ tp_channel_send(struct tp_channel *ch, const tp_envelope *m)
 int
 tp_channel_send_lazy(struct tp_channel *ch, const tp_envelope *m, int within_ms)
 {
-	struct timeval tv = { within_ms / 1000, (within_ms % 1000) * 1000 };
-
 	if (queue(ch, m) != 0)
 		return -1;
 	if (!ch->flush_armed && !ch->lazy_armed) {
 		ch->lazy_armed = true;
-		evtimer_add(ch->lazy_ev, &tv);
+		tp_timer_in(ch->lazy_ev, within_ms);
 	}
 	return 0;
 }

@@ -288,8 +288,7 @@ on_grpc_done(void *arg, const struct tp_grpc_status *gs, const uint8_t *msg, siz
 		}
 	}
 	if (st.code != TP_GRPC_OK && should_retry(c, &st, &delay)) {
-		struct timeval tv = { (time_t)(delay / 1000), (suseconds_t)((delay % 1000) * 1000) };
-		evtimer_add(c->retry_ev, &tv);
+		tp_timer_in(c->retry_ev, delay);
 		return;
 	}
 	finish(c, &st, resp);

@@ -33,7 +33,7 @@ typedef Temporal__Api__Workflowservice__V1__PollActivityTaskQueueResponse poll_r
 #define SHUTDOWN_AGAIN_MS 2000
 /* A TaskDone only ends the master's bookkeeping (its journal row, the list of what to fail if this
  * process dies); the report itself has been delivered or handed over before it. It goes with the
- * next message (a TaskStarted, usually), so the master wakes once per task rather than twice, or
+ * next message (a TaskStarted, usually), in the same write (one send() per task, not two), or
  * this long after at the latest. If the process dies meanwhile, the master fails a task the server
  * has closed already, which answers NOT_FOUND. */
 #define TASK_DONE_WITHIN_MS 50

@@ -1612,6 +1612,15 @@ run_for(struct fixture *fx, int ms)
 		;
 }
 
+/* Dispatch until the test server has n PING ACKs (2 s at most); it must have exactly n. */
+static void
+await_acks(struct fixture *fx, int n)
+{
+	for (int i = 0; i < 20 && fx->srv->nack_first < n; i++)
+		run_for(fx, 100);
+	ck_assert_int_eq(fx->srv->nack_first, n);
+}
+
 START_TEST(test_h2_keepalive_ok)
 {
 	struct fixture fx;
@@ -1682,9 +1691,7 @@ START_TEST(test_h2_ping_ack_deferred)
 		fx.srv->nack_first = 0;
 		nghttp2_submit_ping(sc->s, NGHTTP2_FLAG_NONE, a);
 		sconn_flush(sc);
-		for (i = 0; i < 20 && fx.srv->nack_first < 1; i++)
-			run_for(&fx, 100);
-		ck_assert_int_eq(fx.srv->nack_first, 1);
+		await_acks(&fx, 1);
 		ck_assert_int_eq(fx.srv->ack_first[0], 0xa1);
 		ck_assert_int_ge(tp_now_mono_ms() - t0, 200);
 
@@ -1693,9 +1700,7 @@ START_TEST(test_h2_ping_ack_deferred)
 		nghttp2_submit_ping(sc->s, NGHTTP2_FLAG_NONE, a);
 		nghttp2_submit_ping(sc->s, NGHTTP2_FLAG_NONE, b);
 		sconn_flush(sc);
-		for (i = 0; i < 20 && fx.srv->nack_first < 2; i++)
-			run_for(&fx, 100);
-		ck_assert_int_eq(fx.srv->nack_first, 2);
+		await_acks(&fx, 2);
 		ck_assert_int_eq(fx.srv->ack_first[0], 0xa1);
 		ck_assert_int_eq(fx.srv->ack_first[1], 0xb2);
 	}
