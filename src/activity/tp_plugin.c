@@ -9,7 +9,7 @@
  *                 joins pool threads. It calls the functions of inline runs itself.
  *   pool thread   calls one run's function at a time; through the handle it reads the run's immutable
  *                 copies (task, payloads) and writes the run's shared part under `mu`. Between runs
- *                 it waits on its own condition variable; it exits after idle_timeout_ms without work.
+ *                 it waits on its own semaphore; it exits after idle_timeout_ms without work.
  *   shared        pool.mu: the idle and exited lists, each thread's `run`, `quit` and deadline,
  *                 pool.epoch, the idle timeout. notifier.mu: the notifier's ready list (runs with news
  *                 for the loop, linked through `ready_next`). run.mu: the newest heartbeat details,
@@ -50,6 +50,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -136,7 +137,7 @@ struct notifier {
 /* One thread of the pool. */
 struct pool_thread {
 	pthread_t                     tid;
-	pthread_cond_t                cv;          /* a run was handed over, or quit */
+	sem_t                         wake;        /* posted: a run was handed over, or quit */
 	/* under pool.mu */
 	struct tp_plugin_run         *run;         /* handed over, not started yet */
 	bool                          quit;        /* the pool stops: exit (the stopper joins) */
@@ -843,6 +844,18 @@ idle_unlink(struct pool_thread *t)
 		}
 }
 
+/* Without pool.mu: wait for t's semaphore until t->until (which only t sets). Returns 0 or
+ * ETIMEDOUT. A semaphore rather than a condition variable: waking from one re-takes pool.mu marked
+ * contended, so that its next unlock makes a futex call every run for nobody. */
+static int
+idle_wait(struct pool_thread *t)
+{
+	while (sem_clockwait(&t->wake, CLOCK_MONOTONIC, &t->until) != 0)
+		if (errno != EINTR)
+			return errno;
+	return 0;
+}
+
 static void *
 pool_main(void *arg)
 {
@@ -854,8 +867,13 @@ pool_main(void *arg)
 	pthread_mutex_lock(&pool.mu);
 	for (;;) {
 		rc = 0;
-		while (t->run == NULL && !t->quit && rc != ETIMEDOUT)
-			rc = pthread_cond_timedwait(&t->cv, &pool.mu, &t->until);
+		while (t->run == NULL && !t->quit && rc != ETIMEDOUT) {
+			/* A post meant for a wait that found its run already is taken here, and this
+			 * loop waits again. */
+			pthread_mutex_unlock(&pool.mu);
+			rc = idle_wait(t);
+			pthread_mutex_lock(&pool.mu);
+		}
 		if (t->run == NULL) {
 			if (!t->quit) {  /* idle too long; with quit, pool_stop unlinked it and joins it */
 				idle_unlink(t);
@@ -888,7 +906,7 @@ pool_main(void *arg)
 		if (!stay) {
 			/* The pool stopped while the function ran, and nobody will join this thread. */
 			pthread_detach(pthread_self());
-			pthread_cond_destroy(&t->cv);
+			sem_destroy(&t->wake);
 			free(t);
 			return NULL;
 		}
@@ -904,7 +922,7 @@ join_all(struct pool_thread *list)
 	for (t = list; t != NULL; t = next) {
 		next = t->next;
 		pthread_join(t->tid, NULL);
-		pthread_cond_destroy(&t->cv);
+		sem_destroy(&t->wake);
 		free(t);
 	}
 }
@@ -915,14 +933,10 @@ static int
 pool_spawn(struct tp_plugin_run *r)
 {
 	struct pool_thread *t = tp_xcalloc(1, sizeof *t);
-	pthread_condattr_t ca;
 	sigset_t all, old;
 	int rc;
 
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&t->cv, &ca);
-	pthread_condattr_destroy(&ca);
+	sem_init(&t->wake, 0, 0);
 	t->run = r;
 	pthread_mutex_lock(&pool.mu);
 	t->epoch = pool.epoch;
@@ -932,7 +946,7 @@ pool_spawn(struct tp_plugin_run *r)
 	rc = pthread_create(&t->tid, NULL, pool_main, t);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (rc != 0) {
-		pthread_cond_destroy(&t->cv);
+		sem_destroy(&t->wake);
 		free(t);
 	}
 	return rc;
@@ -957,7 +971,7 @@ pool_submit(struct tp_plugin_run *r)
 	join_all(exited);
 	if (t == NULL)
 		return pool_spawn(r);
-	pthread_cond_signal(&t->cv);  /* t is busy now: only this thread could free it */
+	sem_post(&t->wake);  /* t is busy now: only this thread could free it */
 	return 0;
 }
 
@@ -975,7 +989,7 @@ pool_stop(void)
 	pool.idle = pool.exited = NULL;
 	for (struct pool_thread *t = idle; t != NULL; t = t->next) {
 		t->quit = true;
-		pthread_cond_signal(&t->cv);
+		sem_post(&t->wake);
 	}
 	pthread_mutex_unlock(&pool.mu);
 	join_all(idle);
