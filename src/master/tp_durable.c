@@ -495,7 +495,7 @@ on_delivered(void *arg, const struct tp_temporal_status *st, ProtobufCMessage *r
 	    st->detail == TP_DETAIL_NOT_FOUND);
 
 	if (resp)
-		protobuf_c_message_free_unpacked(resp, NULL);
+		tp_pb_free(resp);
 	r->call = NULL;
 	d->deliveries--;
 	r->attempts++;

@@ -1,5 +1,8 @@
 #include "temporal/tp_pb.h"
 
+#include <stdalign.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -260,4 +263,111 @@ tp_pb_failure_free(tp_failure *f)
 	free(f->message);
 	free(f->source);
 	free(f);
+}
+
+/* ---- arena unpacking ---------------------------------------------------------------------------- */
+
+/* A block: the header, then the allocations, each aligned for any type. The first block holds the
+ * arena itself right after its header, and the message right after the arena (protobuf-c's first
+ * allocation is the message), which is how tp_pb_free finds the arena from the message. */
+struct arena_block {
+	struct arena_block *next;
+	size_t              cap, used;
+	alignas(max_align_t) unsigned char data[];
+};
+
+struct arena {
+	ProtobufCAllocator  a;       /* allocator_data points back here */
+	struct arena_block *blocks;  /* newest first; the last one holds this arena */
+};
+
+#define ARENA_ALIGN     alignof(max_align_t)
+#define ARENA_ROUND(n)  (((n) + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1))
+#define ARENA_BLOCK     4096   /* a poll response with small inputs fits in one */
+#define ARENA_SELF      ARENA_ROUND(sizeof(struct arena))
+
+static struct arena_block *
+arena_block_new(size_t need)
+{
+	size_t cap = need > ARENA_BLOCK - sizeof(struct arena_block) ?
+	    need : ARENA_BLOCK - sizeof(struct arena_block);
+	struct arena_block *b = malloc(sizeof(*b) + cap);
+
+	if (b != NULL) {
+		b->next = NULL;
+		b->cap = cap;
+		b->used = 0;
+	}
+	return b;
+}
+
+static void *
+arena_alloc(void *data, size_t size)
+{
+	struct arena *ar = data;
+	struct arena_block *b = ar->blocks;
+	size_t n = ARENA_ROUND(size ? size : 1);
+	void *p;
+
+	if (n < size)
+		return NULL;
+	if (b->cap - b->used < n) {
+		b = arena_block_new(n);
+		if (b == NULL)
+			return NULL;
+		b->next = ar->blocks;
+		ar->blocks = b;
+	}
+	p = b->data + b->used;
+	b->used += n;
+	return p;
+}
+
+static void
+arena_release(void *data, void *p)
+{
+	/* Nothing one by one: tp_pb_free releases the blocks. */
+}
+
+static void
+arena_destroy(struct arena *ar)
+{
+	struct arena_block *b = ar->blocks, *next;
+
+	for (; b != NULL; b = next) {
+		next = b->next;
+		free(b);  /* the last block holds ar itself */
+	}
+}
+
+ProtobufCMessage *
+tp_pb_unpack(const ProtobufCMessageDescriptor *desc, size_t len, const uint8_t *data)
+{
+	struct arena_block *first = arena_block_new(ARENA_SELF + ARENA_ROUND(desc->sizeof_message));
+	struct arena *ar;
+	ProtobufCMessage *m;
+
+	if (first == NULL)
+		return NULL;
+	ar = (struct arena *)(void *)first->data;
+	first->used = ARENA_SELF;
+	ar->a.alloc = arena_alloc;
+	ar->a.free = arena_release;
+	ar->a.allocator_data = ar;
+	ar->blocks = first;
+	m = protobuf_c_message_unpack(desc, &ar->a, len, data);
+	if (m != NULL && (unsigned char *)m != first->data + ARENA_SELF) {
+		/* Not where tp_pb_free will look: a protobuf-c that allocates otherwise. */
+		m = NULL;
+	}
+	if (m == NULL)
+		arena_destroy(ar);
+	return m;
+}
+
+void
+tp_pb_free(ProtobufCMessage *m)
+{
+	if (m != NULL)
+		arena_destroy((struct arena *)(void *)((unsigned char *)m - ARENA_SELF));
 }

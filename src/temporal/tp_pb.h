@@ -51,4 +51,12 @@ tp_failure *tp_pb_app_failure(const char *type, const char *message, bool non_re
     json_t *details);
 void tp_pb_failure_free(tp_failure *f);
 
+/* Unpack a message of desc into an arena: the message and everything it points to share a few
+ * malloc'd blocks (one, for the usual response), released together by tp_pb_free, instead of one
+ * malloc per field, string and payload freed one by one. NULL if data does not decode (or out of
+ * memory). Free such a message with tp_pb_free only, never protobuf_c_message_free_unpacked. */
+ProtobufCMessage *tp_pb_unpack(const ProtobufCMessageDescriptor *desc, size_t len,
+    const uint8_t *data);
+void tp_pb_free(ProtobufCMessage *m);
+
 #endif

@@ -9,6 +9,7 @@
 #include "core/tp_config.h"
 #include "core/tp_mem.h"
 #include "core/tp_util.h"
+#include "temporal/tp_pb.h"
 #include "transport/tp_grpc.h"
 
 #include "google/rpc/status.pb-c.h"
@@ -265,6 +266,15 @@ finish(struct tp_temporal_call *c, const struct tp_temporal_status *st, Protobuf
 	free(req);
 }
 
+/* The call's retry timer, made when a call first needs it (most never do). */
+static struct event *
+retry_timer(struct tp_temporal_call *c)
+{
+	if (c->retry_ev == NULL)
+		c->retry_ev = evtimer_new(c->t->base, on_retry_timer, c);
+	return c->retry_ev;
+}
+
 static void
 on_grpc_done(void *arg, const struct tp_grpc_status *gs, const uint8_t *msg, size_t len)
 {
@@ -277,10 +287,14 @@ on_grpc_done(void *arg, const struct tp_grpc_status *gs, const uint8_t *msg, siz
 	memset(&st, 0, sizeof(st));
 	st.code = gs->code;
 	st.attempts = c->attempts;
-	snprintf(st.message, sizeof(st.message), "%s", gs->message ? gs->message : "");
+	if (gs->message != NULL) {
+		size_t n = strnlen(gs->message, sizeof(st.message) - 1);
+
+		memcpy(st.message, gs->message, n);  /* st is zeroed: the NUL is there */
+	}
 	st.detail = tp_temporal_decode_details(gs->details, gs->details_len, &st.detail_cause);
 	if (st.code == TP_GRPC_OK) {
-		resp = protobuf_c_message_unpack(c->resp_desc, NULL, len, msg);
+		resp = tp_pb_unpack(c->resp_desc, len, msg);
 		if (resp == NULL) {
 			st.code = TP_GRPC_INTERNAL;
 			snprintf(st.message, sizeof(st.message), "cannot decode %s response",
@@ -288,7 +302,7 @@ on_grpc_done(void *arg, const struct tp_grpc_status *gs, const uint8_t *msg, siz
 		}
 	}
 	if (st.code != TP_GRPC_OK && should_retry(c, &st, &delay)) {
-		tp_timer_in(c->retry_ev, delay);
+		tp_timer_in(retry_timer(c), delay);
 		return;
 	}
 	finish(c, &st, resp);
@@ -305,8 +319,19 @@ start_attempt(struct tp_temporal_call *c)
 		 * loop, like every other outcome. */
 		struct timeval now = { 0, 0 };
 		c->start_failed = true;
-		evtimer_add(c->retry_ev, &now);
+		evtimer_add(retry_timer(c), &now);
 	}
+}
+
+static char *
+path_of(const char *method)
+{
+	size_t n = strlen(method) + 1;
+	char *p = tp_xmalloc(sizeof(SERVICE_PATH) - 1 + n);
+
+	memcpy(p, SERVICE_PATH, sizeof(SERVICE_PATH) - 1);
+	memcpy(p + sizeof(SERVICE_PATH) - 1, method, n);
+	return p;
 }
 
 /* Start a call whose serialized request (req_len bytes at req, malloc'd) it takes over. */
@@ -318,7 +343,7 @@ call_start(struct tp_temporal *t, const char *method, uint8_t *req, size_t req_l
 	struct tp_temporal_call *c = tp_xcalloc(1, sizeof(*c));
 
 	c->t = t;
-	c->path = tp_xasprintf(SERVICE_PATH "%s", method);
+	c->path = path_of(method);
 	c->req_len = req_len;
 	c->req = req;
 	c->resp_desc = resp_desc;
@@ -326,7 +351,6 @@ call_start(struct tp_temporal *t, const char *method, uint8_t *req, size_t req_l
 	c->give_up_at = opts && opts->retry_for_ms > 0 ? tp_now_mono_ms() + opts->retry_for_ms : 0;
 	/* CORE's policy: 100 ms, x1.7, at most 5 s, +-20 %. */
 	tp_backoff_init(&c->backoff, 100, 5000, 1.7, 0.2);
-	c->retry_ev = evtimer_new(t->base, on_retry_timer, c);
 	c->cb = cb;
 	c->arg = arg;
 	c->next = t->calls;

@@ -49,7 +49,7 @@ struct tp_temporal_status {
 };
 
 /* Completion: on OK, resp is the unpacked response and the callee owns it (free it with
- * protobuf_c_message_free_unpacked(resp, NULL)); otherwise resp is NULL. */
+ * tp_pb_free(resp), as it lives in an arena); otherwise resp is NULL. */
 typedef void (*tp_temporal_cb)(void *arg, const struct tp_temporal_status *st,
                                ProtobufCMessage *resp);
 

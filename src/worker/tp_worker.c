@@ -37,6 +37,11 @@ typedef Temporal__Api__Workflowservice__V1__PollActivityTaskQueueResponse poll_r
  * this long after at the latest. If the process dies meanwhile, the master fails a task the server
  * has closed already, which answers NOT_FOUND. */
 #define TASK_DONE_WITHIN_MS 50
+/* A poll that brought a task is replaced when the worker next writes to the server (that task's
+ * report, usually), or this long after at the latest, while another poll of this process is open:
+ * for a short task, one write (one wake-up of the server's reader) where there would be two. The
+ * last open poll is replaced at once, so the queue is never left unpolled. */
+#define POLL_REPLACE_WITHIN_MS 5
 /* stderr lines logged per activity before the rest is suppressed. */
 #define STDERR_LINES_MAX 100
 
@@ -99,6 +104,7 @@ struct worker {
 	struct tp_backoff        poll_backoff;
 	struct event            *poll_retry_ev;
 	bool                     poll_waiting;   /* poll_retry_ev armed */
+	struct event            *poll_soon_ev;   /* replaces polls by POLL_REPLACE_WITHIN_MS */
 	struct tp_backoff        describe_backoff;
 	struct event            *describe_ev;
 	struct tp_temporal_call *describe_call;
@@ -115,6 +121,7 @@ struct worker {
 };
 
 static void maybe_poll(struct worker *w);
+static void poll_soon(struct worker *w);
 static void check_drained(struct worker *w);
 
 /* ---- helpers -------------------------------------------------------------------------------- */
@@ -161,7 +168,7 @@ task_free(struct task *t)
 	json_decref(t->hb_pending);
 	json_decref(t->hb_latest);
 	if (t->resp)
-		protobuf_c_message_free_unpacked(&t->resp->base, NULL);
+		tp_pb_free(&t->resp->base);
 	free(t);
 	w->tasks_held--;
 }
@@ -229,7 +236,7 @@ on_report_done(void *arg, const struct tp_temporal_status *st, ProtobufCMessage 
 
 	t->report_call = NULL;
 	if (resp)
-		protobuf_c_message_free_unpacked(resp, NULL);
+		tp_pb_free(resp);
 	if (st->code == TP_GRPC_NOT_FOUND) {
 		tp_log_info("%s: the server no longer knows this task (timed out, or completed "
 		    "elsewhere); result dropped", t->label);
@@ -307,6 +314,7 @@ static void
 on_activity_done(void *arg, const struct tp_activity_outcome *o)
 {
 	struct task *t = arg;
+	struct worker *w = t->w;
 
 	t->run = NULL;
 	if (t->hb_ev)
@@ -338,6 +346,7 @@ on_activity_done(void *arg, const struct tp_activity_outcome *o)
 	} else {
 		report_failure(t, o->type, o->message, o->non_retryable, o->details);
 	}
+	maybe_poll(w);  /* the polls owed (poll_soon) go in the report's write */
 }
 
 /* ---- heartbeats ----------------------------------------------------------------------------- */
@@ -372,7 +381,7 @@ on_heartbeat_done(void *arg, const struct tp_temporal_status *st, ProtobufCMessa
 		}
 	}
 	if (resp)
-		protobuf_c_message_free_unpacked(resp, NULL);
+		tp_pb_free(resp);
 	/* Details that arrived while this heartbeat was in flight go at the end of the window. */
 	if (t->run && t->hb_pending && !evtimer_pending(t->hb_ev, NULL))
 		tp_timer_in(t->hb_ev, t->hb_last_ms + t->hb_interval_ms - tp_now_mono_ms());
@@ -644,6 +653,7 @@ on_poll_done(void *arg, const struct tp_temporal_status *st, ProtobufCMessage *r
 	struct poll *p = arg;
 	struct worker *w = p->w;
 	poll_resp *r = (poll_resp *)resp;
+	bool started = false;
 
 	poll_unlink(p);
 	if (st->code == TP_GRPC_OK) {
@@ -651,6 +661,7 @@ on_poll_done(void *arg, const struct tp_temporal_status *st, ProtobufCMessage *r
 		if (r->task_token.len > 0) {
 			task_start(w, r);   /* takes r; runs even while draining: it must not be lost */
 			r = NULL;
+			started = true;
 		}
 	} else if (st->code != TP_GRPC_DEADLINE_EXCEEDED && st->code != TP_GRPC_CANCELLED) {
 		int64_t delay = tp_backoff_next(&w->poll_backoff);
@@ -663,11 +674,28 @@ on_poll_done(void *arg, const struct tp_temporal_status *st, ProtobufCMessage *r
 		}
 	}
 	if (r)
-		protobuf_c_message_free_unpacked(&r->base, NULL);
+		tp_pb_free(&r->base);
 	if (w->draining && w->polls_open == 0)
 		tp_log_info("polls closed: %d task(s) still in flight", w->tasks_held);
-	maybe_poll(w);
+	if (started && w->polls_open > 0)
+		poll_soon(w);
+	else
+		maybe_poll(w);
 	check_drained(w);
+}
+
+/* Replace the polls that brought tasks with the next write, or by POLL_REPLACE_WITHIN_MS. */
+static void
+poll_soon(struct worker *w)
+{
+	if (w->polls_open < w->cfg->pollers && !evtimer_pending(w->poll_soon_ev, NULL))
+		tp_timer_in(w->poll_soon_ev, POLL_REPLACE_WITHIN_MS);
+}
+
+static void
+on_poll_soon(evutil_socket_t fd, short what, void *arg)
+{
+	maybe_poll(arg);
 }
 
 static void
@@ -684,6 +712,7 @@ on_poll_retry(evutil_socket_t fd, short what, void *arg)
 static void
 maybe_poll(struct worker *w)
 {
+	evtimer_del(w->poll_soon_ev);
 	while (w->ready && !w->draining && !w->paused && !w->poll_waiting &&
 	    w->polls_open < w->cfg->pollers &&
 	    w->polls_open + w->tasks_held < w->cfg->max_concurrent) {
@@ -734,7 +763,7 @@ on_describe_done(void *arg, const struct tp_temporal_status *st, ProtobufCMessag
 		if (r->namespace_info && r->namespace_info->capabilities)
 			w->poll_complete_cap =
 			    r->namespace_info->capabilities->worker_poll_complete_on_shutdown;
-		protobuf_c_message_free_unpacked(resp, NULL);
+		tp_pb_free(resp);
 		become_ready(w);
 		return;
 	}
@@ -799,7 +828,7 @@ on_shutdown_worker_done(void *arg, const struct tp_temporal_status *st, Protobuf
 
 	w->shutdown_call = NULL;
 	if (resp)
-		protobuf_c_message_free_unpacked(resp, NULL);
+		tp_pb_free(resp);
 	if (st->code != TP_GRPC_OK && st->code != TP_GRPC_UNIMPLEMENTED)
 		tp_log_warnx("ShutdownWorker failed: %s: %s", tp_grpc_code_name(st->code), st->message);
 	/* A poll that reached the server just as it handled ShutdownWorker can miss it (a race
@@ -1062,6 +1091,8 @@ worker_free(struct worker *w)
 		event_free(w->sigs[i]);
 	if (w->poll_retry_ev)
 		event_free(w->poll_retry_ev);
+	if (w->poll_soon_ev)
+		event_free(w->poll_soon_ev);
 	if (w->describe_ev)
 		event_free(w->describe_ev);
 	if (w->stats_ev)
@@ -1094,6 +1125,7 @@ tp_worker_run(const struct tp_worker_opts *o)
 	tp_backoff_init(&w.poll_backoff, 200, 10000, 2.0, 0.2);
 	tp_backoff_init(&w.describe_backoff, 200, 10000, 2.0, 0.2);
 	w.poll_retry_ev = evtimer_new(w.base, on_poll_retry, &w);
+	w.poll_soon_ev = evtimer_new(w.base, on_poll_soon, &w);
 	w.describe_ev = evtimer_new(w.base, on_describe_timer, &w);
 	w.poll_drain_ev = evtimer_new(w.base, on_poll_drain_timer, &w);
 	w.shutdown_again_ev = evtimer_new(w.base, on_shutdown_again, &w);

@@ -614,3 +614,32 @@ def test_status_endpoint(server, tprefork, tmp_path):
         get("/nope")
     assert e.value.code == 404
     assert workflow_result(server, h) == [{"ok": {"attempt": 1, "slept": 3}}]
+
+
+def test_poll_replaced_while_its_task_runs(server, tprefork, tmp_path):
+    """A poll that brought a task is replaced with the child's next write to the server, or within
+    5 ms: with a long task and nothing else to write, /status shows the child back at its two polls
+    while the task still runs (and at one poll, never none, if the replacement waited for the task's
+    report)."""
+    import json
+    import urllib.request
+    from helpers import free_port
+    md = tmp_path / "markers"
+    md.mkdir()
+    port = free_port()
+    tp = tprefork({"status": {"listen": f"127.0.0.1:{port}"},
+                   "workers": {"count": 1, "pollers": 2, "child_timeout": 4},  # stats every second
+                   "activities": [sleeper(md)]}, wait_ready=True)
+
+    def child():
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
+            return json.loads(r.read().decode())["children"][0]
+
+    h = start_workflow(server, [activity_spec("Sleep", [8], tp.task_queue, activity_id="long", max_attempts=1)])
+    wait_until(lambda: markers(md, "long.1.start"), 30, "the running activity")
+    time.sleep(2.5)  # the child's stats (every second) are younger than the task now
+    c = child()
+    assert [t["activity_id"] for t in c["inflight"]] == ["long"]
+    assert c["polls"] == 2, c
+    assert not markers(md, "long.1.done"), "the task ended before the polls were seen"
+    assert workflow_result(server, h) == [{"ok": {"attempt": 1, "slept": 8}}]

@@ -9,6 +9,7 @@
 
 #include "google/rpc/status.pb-c.h"
 #include "temporal/api/errordetails/v1/message.pb-c.h"
+#include "temporal/api/workflowservice/v1/request_response.pb-c.h"
 
 /* A payload with the given encoding and data, in a Payloads of n copies. */
 static tp_payloads *
@@ -198,6 +199,68 @@ START_TEST(details_resource_exhausted_cause)
 }
 END_TEST
 
+/* tp_pb_unpack: the whole message in an arena, equal to what was packed, however large its parts;
+ * undecodable data gives NULL; tp_pb_free releases it all (the valgrind run checks for leaks). */
+START_TEST(arena_unpack_round_trip)
+{
+	typedef Temporal__Api__Workflowservice__V1__PollActivityTaskQueueResponse resp_t;
+	const ProtobufCMessageDescriptor *desc =
+	    &temporal__api__workflowservice__v1__poll_activity_task_queue_response__descriptor;
+	resp_t r = TEMPORAL__API__WORKFLOWSERVICE__V1__POLL_ACTIVITY_TASK_QUEUE_RESPONSE__INIT;
+	Temporal__Api__Common__V1__ActivityType at = TEMPORAL__API__COMMON__V1__ACTIVITY_TYPE__INIT;
+	size_t sizes[] = { 10, 5000, 100000 };  /* one block; a second; one larger than a block */
+
+	for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+		char *big = malloc(sizes[k] + 3);
+		const char *enc[] = { "json/plain", "json/plain" };
+		const char *dat[] = { "1", big };
+		tp_payloads *ps;
+		uint8_t token[200], *buf;
+		size_t len;
+		resp_t *u;
+
+		big[0] = '"';
+		memset(big + 1, 'x', sizes[k]);
+		big[sizes[k] + 1] = '"';
+		big[sizes[k] + 2] = '\0';
+		ps = payloads_of(enc, dat, 2);
+		for (size_t i = 0; i < sizeof(token); i++)
+			token[i] = (uint8_t)i;
+		r.task_token.data = token;
+		r.task_token.len = sizeof(token);
+		r.activity_id = "act-1";
+		at.name = "Noop";
+		r.activity_type = &at;
+		r.input = ps;
+		r.attempt = 3;
+		len = protobuf_c_message_get_packed_size(&r.base);
+		buf = malloc(len);
+		protobuf_c_message_pack(&r.base, buf);
+
+		u = (resp_t *)tp_pb_unpack(desc, len, buf);
+		ck_assert_ptr_nonnull(u);
+		ck_assert_uint_eq(u->task_token.len, sizeof(token));
+		ck_assert_mem_eq(u->task_token.data, token, sizeof(token));
+		ck_assert_str_eq(u->activity_id, "act-1");
+		ck_assert_str_eq(u->activity_type->name, "Noop");
+		ck_assert_int_eq(u->attempt, 3);
+		ck_assert_uint_eq(u->input->n_payloads, 2);
+		ck_assert_uint_eq(u->input->payloads[1]->data.len, sizes[k] + 2);
+		ck_assert_mem_eq(u->input->payloads[1]->data.data, big, sizes[k] + 2);
+		ck_assert_uint_eq(u->input->payloads[0]->n_metadata, 1);
+		ck_assert_str_eq(u->input->payloads[0]->metadata[0]->key, "encoding");
+		tp_pb_free(&u->base);
+
+		/* cut short: not a message */
+		ck_assert_ptr_null(tp_pb_unpack(desc, len - 1, buf));
+		free(buf);
+		tp_pb_payloads_free(ps);
+		free(big);
+	}
+	tp_pb_free(NULL);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -213,6 +276,7 @@ main(void)
 	tcase_add_test(tc, app_failure_round_trip);
 	tcase_add_test(tc, details_not_found_vs_namespace_not_found);
 	tcase_add_test(tc, details_resource_exhausted_cause);
+	tcase_add_test(tc, arena_unpack_round_trip);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
