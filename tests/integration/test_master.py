@@ -574,9 +574,16 @@ def test_reload_keeps_restart_only_settings(server, tprefork, tmp_path):
 
 # ---- status endpoint ------------------------------------------------------------------------------
 
+def http_get(port: int, path: str) -> tuple[str, str]:
+    """GET path from the status endpoint on 127.0.0.1:port: (Content-Type, body)."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+        return r.headers.get("Content-Type"), r.read().decode()
+
+
 def test_status_endpoint(server, tprefork, tmp_path):
     import json
-    import urllib.request
+    import urllib.error
     from helpers import free_port
     md = tmp_path / "markers"
     md.mkdir()
@@ -589,8 +596,7 @@ def test_status_endpoint(server, tprefork, tmp_path):
     wait_until(lambda: markers(md, "busy.1.start"), 30, "a running activity")
 
     def get(path):
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.headers.get("Content-Type"), r.read().decode()
+        return http_get(port, path)
 
     ctype, body = get("/status")
     st = json.loads(body)
@@ -622,7 +628,6 @@ def test_poll_replaced_while_its_task_runs(server, tprefork, tmp_path):
     while the task still runs (and at one poll, never none, if the replacement waited for the task's
     report)."""
     import json
-    import urllib.request
     from helpers import free_port
     md = tmp_path / "markers"
     md.mkdir()
@@ -632,8 +637,7 @@ def test_poll_replaced_while_its_task_runs(server, tprefork, tmp_path):
                    "activities": [sleeper(md)]}, wait_ready=True)
 
     def child():
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
-            return json.loads(r.read().decode())["children"][0]
+        return json.loads(http_get(port, "/status")[1])["children"][0]
 
     h = start_workflow(server, [activity_spec("Sleep", [8], tp.task_queue, activity_id="long", max_attempts=1)])
     wait_until(lambda: markers(md, "long.1.start"), 30, "the running activity")
