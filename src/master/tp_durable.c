@@ -531,7 +531,7 @@ on_delivered(void *arg, const struct tp_temporal_status *st, ProtobufCMessage *r
 static void
 deliver(struct tp_durable *d, struct row *r)
 {
-	struct tp_temporal_call_opts o = { DELIVERY_TIMEOUT_MS, DELIVERY_RETRY_MS };
+	struct tp_temporal_call_opts o = { DELIVERY_TIMEOUT_MS, DELIVERY_RETRY_MS, TP_H2_PROMPT };
 
 	r->call = tp_temporal_report_raw(d->tc, (enum tp_temporal_report)r->kind, r->req, r->req_len,
 	    &o, on_delivered, r);

@@ -46,6 +46,7 @@ struct tp_temporal_call {
 	struct event                   *retry_ev;
 	int                             attempts;
 	bool                            start_failed; /* tp_grpc_call_start failed: report it */
+	enum tp_h2_patience             patience;
 	tp_temporal_cb                  cb;
 	void                           *arg;
 };
@@ -314,6 +315,8 @@ start_attempt(struct tp_temporal_call *c)
 	c->attempts++;
 	c->grpc = tp_grpc_call_start(c->t->ch, c->path, c->req, c->req_len, c->timeout_ms,
 	    NULL, 0, on_grpc_done, c);
+	if (c->grpc != NULL && c->patience != TP_H2_PROMPT)
+		tp_grpc_call_set_patience(c->grpc, c->patience);
 	if (c->grpc == NULL) {
 		/* Never complete from inside the caller's call: the failure is reported from the
 		 * loop, like every other outcome. */
@@ -349,6 +352,7 @@ call_start(struct tp_temporal *t, const char *method, uint8_t *req, size_t req_l
 	c->resp_desc = resp_desc;
 	c->timeout_ms = opts && opts->timeout_ms > 0 ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
 	c->give_up_at = opts && opts->retry_for_ms > 0 ? tp_now_mono_ms() + opts->retry_for_ms : 0;
+	c->patience = opts ? opts->patience : TP_H2_PROMPT;
 	/* CORE's policy: 100 ms, x1.7, at most 5 s, +-20 %. */
 	tp_backoff_init(&c->backoff, 100, 5000, 1.7, 0.2);
 	c->cb = cb;
@@ -414,7 +418,7 @@ tp_temporal_get_system_info(struct tp_temporal *t, tp_temporal_cb cb, void *arg)
 {
 	Temporal__Api__Workflowservice__V1__GetSystemInfoRequest req =
 	    TEMPORAL__API__WORKFLOWSERVICE__V1__GET_SYSTEM_INFO_REQUEST__INIT;
-	struct tp_temporal_call_opts o = { DEFAULT_TIMEOUT_MS, 0 };
+	struct tp_temporal_call_opts o = { DEFAULT_TIMEOUT_MS, 0, TP_H2_PROMPT };
 
 	return CALL(t, "GetSystemInfo", req, get_system_info_response, &o, cb, arg);
 }
@@ -424,7 +428,7 @@ tp_temporal_describe_namespace(struct tp_temporal *t, tp_temporal_cb cb, void *a
 {
 	Temporal__Api__Workflowservice__V1__DescribeNamespaceRequest req =
 	    TEMPORAL__API__WORKFLOWSERVICE__V1__DESCRIBE_NAMESPACE_REQUEST__INIT;
-	struct tp_temporal_call_opts o = { DEFAULT_TIMEOUT_MS, 0 };
+	struct tp_temporal_call_opts o = { DEFAULT_TIMEOUT_MS, 0, TP_H2_PROMPT };
 
 	req.namespace_ = t->namespace_;
 	req.weak_consistency = 1;
@@ -438,7 +442,8 @@ tp_temporal_poll_activity(struct tp_temporal *t, const char *task_queue,
 	Temporal__Api__Workflowservice__V1__PollActivityTaskQueueRequest req =
 	    TEMPORAL__API__WORKFLOWSERVICE__V1__POLL_ACTIVITY_TASK_QUEUE_REQUEST__INIT;
 	Temporal__Api__Taskqueue__V1__TaskQueue tq = TEMPORAL__API__TASKQUEUE__V1__TASK_QUEUE__INIT;
-	struct tp_temporal_call_opts o = { timeout_ms, 0 };
+	/* A poll's answer that brings a task is large and wakes the worker at once. */
+	struct tp_temporal_call_opts o = { timeout_ms, 0, TP_H2_ANY };
 
 	tq.name = (char *)task_queue;
 	tq.kind = TEMPORAL__API__ENUMS__V1__TASK_QUEUE_KIND__TASK_QUEUE_KIND_NORMAL;
@@ -457,7 +462,7 @@ tp_temporal_heartbeat(struct tp_temporal *t, const ProtobufCBinaryData *token,
 	Temporal__Api__Workflowservice__V1__RecordActivityTaskHeartbeatRequest req =
 	    TEMPORAL__API__WORKFLOWSERVICE__V1__RECORD_ACTIVITY_TASK_HEARTBEAT_REQUEST__INIT;
 	/* Heartbeats are not retried beyond their window: the next one carries newer details. */
-	struct tp_temporal_call_opts o = { timeout_ms, timeout_ms };
+	struct tp_temporal_call_opts o = { timeout_ms, timeout_ms, TP_H2_LAZY };
 
 	req.task_token = *token;
 	req.details = (Temporal__Api__Common__V1__Payloads *)details;
@@ -473,7 +478,7 @@ tp_temporal_complete(struct tp_temporal *t, const ProtobufCBinaryData *token,
 {
 	Temporal__Api__Workflowservice__V1__RespondActivityTaskCompletedRequest req =
 	    TEMPORAL__API__WORKFLOWSERVICE__V1__RESPOND_ACTIVITY_TASK_COMPLETED_REQUEST__INIT;
-	struct tp_temporal_call_opts o = { DEFAULT_TIMEOUT_MS, t->report_retry_ms };
+	struct tp_temporal_call_opts o = { DEFAULT_TIMEOUT_MS, t->report_retry_ms, TP_H2_LAZY };
 
 	req.task_token = *token;
 	req.result = (Temporal__Api__Common__V1__Payloads *)result;
@@ -518,6 +523,12 @@ tp_temporal_report_raw(struct tp_temporal *t, enum tp_temporal_report kind, cons
 }
 
 void
+tp_temporal_set_lazy_read(struct tp_temporal *t, int ms)
+{
+	tp_grpc_channel_set_lazy_read(t->ch, ms);
+}
+
+void
 tp_temporal_set_report_retry(struct tp_temporal *t, int64_t ms)
 {
 	t->report_retry_ms = ms > 0 ? ms : 0;
@@ -529,7 +540,7 @@ tp_temporal_fail(struct tp_temporal *t, const ProtobufCBinaryData *token,
     const Temporal__Api__Common__V1__Payloads *last_heartbeat_details,
     tp_temporal_cb cb, void *arg)
 {
-	struct tp_temporal_call_opts o = { DEFAULT_TIMEOUT_MS, t->report_retry_ms };
+	struct tp_temporal_call_opts o = { DEFAULT_TIMEOUT_MS, t->report_retry_ms, TP_H2_LAZY };
 	size_t len;
 	uint8_t *req = tp_temporal_pack_fail(t, token, failure, last_heartbeat_details, &len);
 
@@ -544,7 +555,7 @@ tp_temporal_canceled(struct tp_temporal *t, const ProtobufCBinaryData *token,
 {
 	Temporal__Api__Workflowservice__V1__RespondActivityTaskCanceledRequest req =
 	    TEMPORAL__API__WORKFLOWSERVICE__V1__RESPOND_ACTIVITY_TASK_CANCELED_REQUEST__INIT;
-	struct tp_temporal_call_opts o = { DEFAULT_TIMEOUT_MS, t->report_retry_ms };
+	struct tp_temporal_call_opts o = { DEFAULT_TIMEOUT_MS, t->report_retry_ms, TP_H2_LAZY };
 
 	req.task_token = *token;
 	req.details = (Temporal__Api__Common__V1__Payloads *)details;
@@ -562,7 +573,7 @@ tp_temporal_shutdown_worker(struct tp_temporal *t, const char *task_queue,
 	    TEMPORAL__API__WORKFLOWSERVICE__V1__SHUTDOWN_WORKER_REQUEST__INIT;
 	Temporal__Api__Enums__V1__TaskQueueType types[1] = {
 		TEMPORAL__API__ENUMS__V1__TASK_QUEUE_TYPE__TASK_QUEUE_TYPE_ACTIVITY };
-	struct tp_temporal_call_opts o = { 5000, 0 };
+	struct tp_temporal_call_opts o = { 5000, 0, TP_H2_PROMPT };
 
 	req.namespace_ = t->namespace_;
 	req.sticky_task_queue = "";

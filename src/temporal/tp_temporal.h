@@ -18,6 +18,7 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "temporal/api/workflowservice/v1/request_response.pb-c.h"
+#include "transport/tp_h2.h"
 
 struct event_base;
 struct tp_config;
@@ -59,6 +60,7 @@ struct tp_temporal_call;
 struct tp_temporal_call_opts {
 	int64_t timeout_ms;        /* per attempt; 0: 10 s */
 	int64_t retry_for_ms;      /* retry transient errors until this much time has passed; 0: none */
+	enum tp_h2_patience patience; /* how soon the answer must be read (default TP_H2_PROMPT) */
 };
 
 /* A client for cfg's server and namespace. identity is sent as the worker identity. Returns NULL
@@ -122,6 +124,10 @@ struct tp_temporal_call *tp_temporal_report_raw(struct tp_temporal *t,
 uint8_t *tp_temporal_pack_fail(struct tp_temporal *t, const ProtobufCBinaryData *token,
     const Temporal__Api__Failure__V1__Failure *failure,
     const Temporal__Api__Common__V1__Payloads *last_heartbeat_details, size_t *len);
+/* Lazy reads (tp_h2_conn_set_lazy_read) on the client's connections; 0 turns them off. The
+ * answers of heartbeats and reports may then wait up to ms; polls neither wait nor prevent it;
+ * every other call is read at once. */
+void tp_temporal_set_lazy_read(struct tp_temporal *t, int ms);
 /* How long complete / fail / canceled retry transient errors (default
  * TP_TEMPORAL_REPORT_RETRY_MS). */
 void tp_temporal_set_report_retry(struct tp_temporal *t, int64_t ms);

@@ -437,6 +437,7 @@ struct tp_grpc_call {
 	int64_t                 deadline;     /* monotonic ms; 0: none */
 	struct event           *deadline_ev;
 	int                     resubmits;
+	enum tp_h2_patience     patience;
 	tp_grpc_done_cb         cb;
 	void                   *arg;
 
@@ -476,6 +477,7 @@ struct tp_grpc_channel {
 	int                     keepalive_ms;
 	int                     keepalive_timeout_ms;
 	int                     connect_timeout_ms;
+	int                     lazy_ms;
 
 	TAILQ_HEAD(, tp_grpc_conn) conns;     /* every live connection */
 	struct tp_grpc_conn    *cur;          /* where new calls go; NULL: open one when needed */
@@ -878,6 +880,8 @@ call_submit(struct tp_grpc_channel *ch, struct tp_grpc_conn *c, struct tp_grpc_c
 		s = tp_h2_submit(c->h2, nv, nvlen, call->body, call->bodylen, &stream_cbs, call);
 	free(nv);
 	if (s != NULL) {
+		if (call->patience != TP_H2_PROMPT)
+			tp_h2_stream_set_patience(s, call->patience);
 		call->stream = s;
 		call->state = CALL_ACTIVE;
 		TAILQ_INSERT_TAIL(&ch->active, call, link);
@@ -912,6 +916,7 @@ conn_open(struct tp_grpc_channel *ch)
 		free(c);
 		return NULL;
 	}
+	tp_h2_conn_set_lazy_read(c->h2, ch->lazy_ms);
 	TAILQ_INSERT_TAIL(&ch->conns, c, link);
 	ch->cur = c;
 	tp_h2_conn_connect(c->h2);
@@ -1255,6 +1260,24 @@ tp_grpc_call_cancel(struct tp_grpc_call *call)
 	ch->npending--;
 	call_free(call);
 	schedule_dispatch(ch);     /* a graceful close may be able to finish now */
+}
+
+void
+tp_grpc_call_set_patience(struct tp_grpc_call *call, enum tp_h2_patience p)
+{
+	call->patience = p;
+	if (call->state == CALL_ACTIVE && call->stream != NULL)
+		tp_h2_stream_set_patience(call->stream, p);
+}
+
+void
+tp_grpc_channel_set_lazy_read(struct tp_grpc_channel *ch, int ms)
+{
+	struct tp_grpc_conn *c;
+
+	ch->lazy_ms = ms > 0 ? ms : 0;
+	TAILQ_FOREACH(c, &ch->conns, link)
+		tp_h2_conn_set_lazy_read(c->h2, ch->lazy_ms);
 }
 
 size_t

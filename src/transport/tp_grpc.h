@@ -21,6 +21,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "transport/tp_h2.h"
+
 struct event_base;
 
 /* gRPC status codes. */
@@ -82,6 +84,13 @@ struct tp_grpc_call *tp_grpc_call_start(struct tp_grpc_channel *ch, const char *
     const uint8_t *req, size_t len, int64_t timeout_ms,
     const struct tp_grpc_header *extra, size_t nextra,
     tp_grpc_done_cb cb, void *arg);
+
+/* How soon the call's answer must be read (tp_h2_patience; TP_H2_PROMPT by default), on every
+ * stream it is sent on. */
+void tp_grpc_call_set_patience(struct tp_grpc_call *call, enum tp_h2_patience p);
+
+/* Lazy reads on the channel's connections, now and later ones (tp_h2_conn_set_lazy_read). */
+void tp_grpc_channel_set_lazy_read(struct tp_grpc_channel *ch, int ms);
 
 /* Abandon a call: RST_STREAM(CANCEL) if it was sent; its callback will not run. */
 void tp_grpc_call_cancel(struct tp_grpc_call *call);

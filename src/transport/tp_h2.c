@@ -29,6 +29,11 @@
 #define TP_H2_CLOSE_GRACE  2000        /* ms a local GOAWAY may take to flush before we just close */
 #define TP_H2_PING_ACK_DELAY 200       /* ms a server PING's ACK may wait for a write of ours */
 #define TP_H2_ERRLEN       512
+/* Lazy reads (tp_h2_conn_set_lazy_read): fewer bytes than this do not wake the process. A
+ * unary response without a body (a report's answer: HEADERS, an empty DATA, trailers) is 36
+ * bytes, a PING with the WINDOW_UPDATE grpc-go sends before it 30; a poll that brings a task
+ * answers with several hundred. */
+#define TP_H2_LAZY_LOWAT   128
 
 /* nghttp2 1.61 replaced the ssize_t based callbacks; use the new ones where they exist. */
 #if NGHTTP2_VERSION_NUM >= 0x013d00
@@ -63,6 +68,7 @@ struct tp_h2_stream {
 	bool                           headers_sent;
 	bool                           remote_end;
 	bool                           remote_reset;
+	enum tp_h2_patience            patience;
 	TAILQ_ENTRY(tp_h2_stream)      link;
 };
 
@@ -115,6 +121,16 @@ struct tp_h2_conn {
 	struct event          *ping_to_ev;   /* PING ACK deadline */
 	struct event          *ack_ev;       /* our ACK of the server's PING is due */
 	struct event          *work_ev;      /* deferred flush / shutdown step */
+
+	/* lazy reads (cleartext only) */
+	int                    lazy_ms;      /* 0: off */
+	bool                   lowat_on;     /* the socket's SO_RCVLOWAT is TP_H2_LAZY_LOWAT */
+	struct event          *lazy_ev;      /* pending whenever lowat_on: bounds the wait */
+	size_t                 nprompt;      /* open streams by patience */
+	size_t                 nlazy;
+	uint8_t                rx_hdr_have;  /* bytes of the current frame's header received */
+	uint32_t               rx_len;       /* its length field, as far as received */
+	uint32_t               rx_left;      /* payload bytes of the current frame still to come */
 
 	TAILQ_HEAD(, tp_h2_stream) streams;
 	size_t                 nstreams;
@@ -280,6 +296,7 @@ static void on_ping(evutil_socket_t fd, short what, void *arg);
 static void on_ping_timeout(evutil_socket_t fd, short what, void *arg);
 static void on_ack_due(evutil_socket_t fd, short what, void *arg);
 static void on_work(evutil_socket_t fd, short what, void *arg);
+static void on_lazy_due(evutil_socket_t fd, short what, void *arg);
 
 struct tp_h2_conn *
 tp_h2_conn_new(struct event_base *base, struct tp_h2_resolver *resolver,
@@ -300,9 +317,11 @@ tp_h2_conn_new(struct event_base *base, struct tp_h2_resolver *resolver,
 	c->ping_to_ev = evtimer_new(base, on_ping_timeout, c);
 	c->ack_ev = evtimer_new(base, on_ack_due, c);
 	c->work_ev = event_new(base, -1, 0, on_work, c);
+	c->lazy_ev = evtimer_new(base, on_lazy_due, c);
 	TAILQ_INIT(&c->streams);
 	if (c->host == NULL || c->port == NULL || c->server_name == NULL || c->timer_ev == NULL ||
-	    c->ping_ev == NULL || c->ping_to_ev == NULL || c->ack_ev == NULL || c->work_ev == NULL) {
+	    c->ping_ev == NULL || c->ping_to_ev == NULL || c->ack_ev == NULL || c->work_ev == NULL ||
+	    c->lazy_ev == NULL) {
 		tp_h2_conn_free(c);
 		return NULL;
 	}
@@ -683,6 +702,98 @@ on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t id, const uint8_t
 	return 0;
 }
 
+/* --- lazy reads -------------------------------------------------------------------------- */
+
+/* While every open stream that has a preference is LAZY (at least one), a cleartext connection
+ * at a frame boundary sets SO_RCVLOWAT to TP_H2_LAZY_LOWAT: a small answer (a report's, a PING)
+ * then waits in the socket for the next larger one (a poll that brings a task) instead of waking
+ * the process, for lazy_ms at most: lazy_ev, pending whenever the mark is raised and re-armed by
+ * every read (which drains the socket), lowers it. A frame cut by a read lowers it at once, so that
+ * its rest is read as it comes. Linux wakes epoll only once a TCP socket holds SO_RCVLOWAT bytes
+ * (also at EOF and on errors), and setting the option re-checks at once. */
+static void
+patience_count(struct tp_h2_conn *c, enum tp_h2_patience p, int d)
+{
+	if (p == TP_H2_PROMPT)
+		c->nprompt += (size_t)d;
+	else if (p == TP_H2_LAZY)
+		c->nlazy += (size_t)d;
+}
+
+static void
+lowat_set(struct tp_h2_conn *c, bool on)
+{
+	int v = on ? TP_H2_LAZY_LOWAT : 1;
+
+	if (c->bev != NULL && setsockopt(bufferevent_getfd(c->bev), SOL_SOCKET, SO_RCVLOWAT, &v,
+	    sizeof(v)) == 0)
+		c->lowat_on = on;
+	else
+		c->lowat_on = false;
+	if (!c->lowat_on)
+		evtimer_del(c->lazy_ev);
+}
+
+/* Raise or lower the mark as the streams and the framing now allow; after_read restarts the
+ * bound (the socket has just been drained). */
+static void
+lazy_update(struct tp_h2_conn *c, bool after_read)
+{
+	bool want = c->lazy_ms > 0 && c->rd_ev != NULL && c->state != TP_H2_CLOSED &&
+	    c->nprompt == 0 && c->nlazy > 0 && c->rx_hdr_have == 0 && c->rx_left == 0;
+	struct timeval tv;
+
+	if (!want) {
+		if (c->lowat_on)
+			lowat_set(c, false);
+		return;
+	}
+	if (!c->lowat_on) {
+		lowat_set(c, true);
+		if (!c->lowat_on)
+			return;
+	} else if (!after_read) {
+		return;                /* the bound already runs */
+	}
+	tv = ms_tv(c->lazy_ms);
+	evtimer_add(c->lazy_ev, &tv);
+}
+
+static void
+on_lazy_due(evutil_socket_t fd, short what, void *arg)
+{
+	struct tp_h2_conn *c = arg;
+
+	(void)fd;
+	(void)what;
+	if (c->lowat_on)
+		lowat_set(c, false);   /* whatever waits is read on this loop turn */
+}
+
+/* Follow the frame boundaries in what the socket delivered (9-byte headers, 24-bit lengths). */
+static void
+rx_track(struct tp_h2_conn *c, const unsigned char *p, size_t n)
+{
+	while (n > 0) {
+		if (c->rx_left > 0) {
+			size_t k = n < c->rx_left ? n : c->rx_left;
+			c->rx_left -= (uint32_t)k;
+			p += k;
+			n -= k;
+			continue;
+		}
+		if (c->rx_hdr_have < 3)
+			c->rx_len = (c->rx_len << 8) | *p;
+		p++;
+		n--;
+		if (++c->rx_hdr_have == 9) {
+			c->rx_left = c->rx_len & 0xffffffu;
+			c->rx_len = 0;
+			c->rx_hdr_have = 0;
+		}
+	}
+}
+
 static bool
 is_unprocessed(const struct tp_h2_conn *c, const struct tp_h2_stream *s)
 {
@@ -702,6 +813,7 @@ stream_release(struct tp_h2_conn *c, struct tp_h2_stream *s, uint32_t code, cons
 	ci.conn_error = conn_err;
 	TAILQ_REMOVE(&c->streams, s, link);
 	c->nstreams--;
+	patience_count(c, s->patience, -1);
 	if (s->cbs != NULL)
 		s->cbs->on_close(s->arg, &ci);
 	free(s);
@@ -950,6 +1062,7 @@ on_bev_read(struct bufferevent *bev, void *arg)
 
 	while (c->session != NULL && (n = evbuffer_get_contiguous_space(in)) > 0) {
 		unsigned char *p = evbuffer_pullup(in, (ssize_t)n);
+		rx_track(c, p, n);
 		if (!feed(c, p, n))
 			return;
 		evbuffer_drain(in, n);
@@ -982,11 +1095,13 @@ on_sock_read(evutil_socket_t fd, short what, void *arg)
 			on_transport_lost(c, BEV_EVENT_READING | BEV_EVENT_ERROR);
 			return;
 		}
+		rx_track(c, buf, (size_t)n);
 		if (!feed(c, buf, (size_t)n))
 			return;
 		if ((size_t)n < sizeof(buf))
 			break;
 	}
+	lazy_update(c, true);
 	flush(c);
 }
 
@@ -1173,6 +1288,9 @@ teardown(struct tp_h2_conn *c)
 	c->ack_pending = false;
 	if (c->work_ev != NULL)
 		event_del(c->work_ev);
+	if (c->lazy_ev != NULL)
+		evtimer_del(c->lazy_ev);
+	c->lowat_on = false;
 	if (c->session != NULL) {
 		nghttp2_session_del(c->session);
 		c->session = NULL;
@@ -1268,6 +1386,8 @@ tp_h2_conn_free(struct tp_h2_conn *c)
 		event_free(c->ack_ev);
 	if (c->work_ev != NULL)
 		event_free(c->work_ev);
+	if (c->lazy_ev != NULL)
+		event_free(c->lazy_ev);
 	if (c->ssl_ctx != NULL)
 		SSL_CTX_free(c->ssl_ctx);
 	tp_h2_resolver_unref(c->resolver);
@@ -1368,10 +1488,29 @@ tp_h2_submit(struct tp_h2_conn *c, const nghttp2_nv *nva, size_t nvlen,
 		return NULL;
 	}
 	s->id = id;
+	s->patience = TP_H2_PROMPT;
 	TAILQ_INSERT_TAIL(&c->streams, s, link);
 	c->nstreams++;
+	patience_count(c, s->patience, 1);
+	lazy_update(c, false);
 	schedule_work(c);
 	return s;
+}
+
+void
+tp_h2_stream_set_patience(struct tp_h2_stream *s, enum tp_h2_patience p)
+{
+	patience_count(s->c, s->patience, -1);
+	s->patience = p;
+	patience_count(s->c, p, 1);
+	lazy_update(s->c, false);
+}
+
+void
+tp_h2_conn_set_lazy_read(struct tp_h2_conn *c, int ms)
+{
+	c->lazy_ms = ms > 0 ? ms : 0;
+	lazy_update(c, false);
 }
 
 void

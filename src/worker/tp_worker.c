@@ -42,6 +42,11 @@ typedef Temporal__Api__Workflowservice__V1__PollActivityTaskQueueResponse poll_r
  * for a short task, one write (one wake-up of the server's reader) where there would be two. The
  * last open poll is replaced at once, so the queue is never left unpolled. */
 #define POLL_REPLACE_WITHIN_MS 5
+/* While the worker serves, the small answers to its reports and heartbeats (and the server's PINGs)
+ * are read with the next poll that brings a task, or this long after the last read at the latest,
+ * instead of waking the process each (tp_h2_conn_set_lazy_read; cleartext connections). Off from
+ * the drain on, so that nothing delays the exit. */
+#define LAZY_READ_MS 50
 /* stderr lines logged per activity before the rest is suppressed. */
 #define STDERR_LINES_MAX 100
 
@@ -736,6 +741,7 @@ static void
 become_ready(struct worker *w)
 {
 	w->ready = true;
+	tp_temporal_set_lazy_read(w->tc, LAZY_READ_MS);
 	tp_log_info("ready: namespace=%s task_queue=%s pollers=%d slots=%d "
 	    "poll_complete_on_shutdown=%s identity=%s", w->cfg->namespace_, w->cfg->task_queue,
 	    w->cfg->pollers, w->cfg->max_concurrent, w->poll_complete_cap ? "yes" : "no", w->identity);
@@ -869,6 +875,7 @@ begin_drain(struct worker *w)
 	if (w->draining)
 		return;
 	w->draining = true;
+	tp_temporal_set_lazy_read(w->tc, 0);
 	tp_log_info("draining: %d task(s) in flight, %d poll(s) open", w->tasks_held, w->polls_open);
 	if (w->poll_waiting) {
 		evtimer_del(w->poll_retry_ev);

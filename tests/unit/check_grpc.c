@@ -476,6 +476,7 @@ struct sconn {
 	int64_t             ping_ms;
 	uint8_t             ping_data[8];
 	bool                data_in_read;     /* a DATA frame came in the current read */
+	struct evbuffer    *held;             /* split_tail: what a flush holds back */
 	LIST_ENTRY(sconn)   link;
 };
 
@@ -502,6 +503,7 @@ struct srv {
 	uint32_t               max_streams;     /* 0: not announced */
 	bool                   no_ping_ack;
 	bool                   bdp_ping;        /* PING after DATA while none is outstanding (grpc-go) */
+	size_t                 split_tail;      /* send the last this many bytes of a flush 50 ms late */
 	int                    pings_sent;
 	int                    acks;
 	int                    acks_bad;        /* an ACK whose payload is not the PING's */
@@ -525,10 +527,33 @@ struct srv {
 static void sconn_free(struct sconn *sc);
 
 static void
+on_release(evutil_socket_t fd, short what, void *arg)
+{
+	struct sconn *sc = arg;
+
+	bufferevent_write_buffer(sc->bev, sc->held);
+}
+
+static void
 sconn_flush(struct sconn *sc)
 {
+	size_t n;
+	struct timeval tv = { 0, 50000 };
+
 	if (sc->dead)
 		return;
+	if (sc->srv->split_tail > 0 && nghttp2_session_send(sc->s) == 0 && sc->held != NULL &&
+	    (n = evbuffer_get_length(sc->held)) > 0) {
+		/* s_send collected this flush: like a frame the network cut in two, its last
+		 * split_tail bytes go 50 ms after the rest */
+		if (n > sc->srv->split_tail) {
+			n -= sc->srv->split_tail;
+			sc->srv->split_tail = 0;
+			event_base_once(sc->srv->base, -1, EV_TIMEOUT, on_release, sc, &tv);
+		}
+		bufferevent_write(sc->bev, evbuffer_pullup(sc->held, (ssize_t)n), n);
+		evbuffer_drain(sc->held, n);
+	}
 	if (nghttp2_session_send(sc->s) != 0 ||
 	    (!nghttp2_session_want_read(sc->s) && !nghttp2_session_want_write(sc->s) &&
 	    evbuffer_get_length(bufferevent_get_output(sc->bev)) == 0))
@@ -540,7 +565,13 @@ s_send(nghttp2_session *s, const uint8_t *data, size_t len, int flags, void *ud)
 {
 	struct sconn *sc = ud;
 
-	bufferevent_write(sc->bev, data, len);
+	if (sc->srv->split_tail > 0) {
+		if (sc->held == NULL)
+			sc->held = evbuffer_new();
+		evbuffer_add(sc->held, data, len);
+	} else {
+		bufferevent_write(sc->bev, data, len);
+	}
 	return (ssize_t)len;
 }
 
@@ -895,6 +926,8 @@ sconn_free(struct sconn *sc)
 	LIST_REMOVE(sc, link);
 	nghttp2_session_del(sc->s);
 	bufferevent_free(sc->bev);
+	if (sc->held != NULL)
+		evbuffer_free(sc->held);
 	free(sc);
 }
 
@@ -1020,6 +1053,7 @@ struct result {
 	uint8_t         details[64];
 	size_t          details_len;
 	int            *countdown;          /* when it reaches 0: stop the loop */
+	int64_t         done_ms;            /* monotonic, when the callback ran */
 };
 
 static void
@@ -1066,6 +1100,7 @@ on_result(void *arg, const struct tp_grpc_status *st, const uint8_t *msg, size_t
 
 	r->ncalls++;
 	r->done = true;
+	r->done_ms = tp_now_mono_ms();
 	r->code = st->code;
 	snprintf(r->message, sizeof(r->message), "%s", st->message);
 	r->msg_nonnull = msg != NULL;
@@ -1712,6 +1747,111 @@ START_TEST(test_h2_ping_ack_deferred)
 }
 END_TEST
 
+/* Start a call with a read patience; the loop stops once countdown calls are done. */
+static struct tp_grpc_call *
+start_patient(struct fixture *fx, const char *path, const char *req, enum tp_h2_patience p,
+    struct result *r, int *countdown)
+{
+	struct tp_grpc_call *call;
+
+	memset(r, 0, sizeof(*r));
+	r->fx = fx;
+	r->countdown = countdown;
+	call = tp_grpc_call_start(fx->ch, path, (const uint8_t *)req, strlen(req), 5000, NULL, 0,
+	    on_result, r);
+	ck_assert_ptr_nonnull(call);
+	tp_grpc_call_set_patience(call, p);
+	return call;
+}
+
+/* Milliseconds from t0 until a LAZY/PROMPT/ANY Echo "x" (an answer of about 40 bytes) is done;
+ * hang_p: a Hang call of that patience is open meanwhile (-1: none). */
+static int64_t
+small_answer_ms(struct fixture *fx, enum tp_h2_patience p, int hang_p)
+{
+	struct result a, h;
+	struct tp_grpc_call *hang = NULL;
+	int cd = 1;
+	int64_t t0;
+
+	if (hang_p >= 0)
+		hang = start_patient(fx, "/t.S/Hang", "h", (enum tp_h2_patience)hang_p, &h, &cd);
+	t0 = tp_now_mono_ms();
+	start_patient(fx, "/t.S/Echo", "x", p, &a, &cd);
+	event_base_dispatch(fx->base);
+	ck_assert(a.done);
+	ck_assert_int_eq(a.code, TP_GRPC_OK);
+	ck_assert_uint_eq(a.len, 1);
+	if (hang != NULL)
+		tp_grpc_call_cancel(hang);
+	return a.done_ms - t0;
+}
+
+/* Lazy reads: alone, a LAZY call's small answer waits for the bound (400 ms here, never much more);
+ * a larger arrival brings it in at once; a PROMPT call, or ANY calls without a LAZY one, are read as
+ * they come; a frame that arrives in two pieces is read when its rest comes, not at the bound. */
+START_TEST(test_chan_lazy_read)
+{
+	struct fixture fx;
+	struct result a, b, w;
+	char big[1001];
+	int cd;
+	int64_t t0, ms;
+
+	fx_init(&fx, 0, 0);
+	run_call(&fx, "/t.S/Echo", "warm-up", 5000, &w);    /* connected, SETTINGS exchanged */
+	tp_grpc_channel_set_lazy_read(fx.ch, 400);
+
+	ms = small_answer_ms(&fx, TP_H2_LAZY, -1);
+	ck_assert_msg(ms >= 300 && ms < 2000, "a lazy small answer took %" PRId64 " ms", ms);
+	ms = small_answer_ms(&fx, TP_H2_LAZY, TP_H2_ANY);
+	ck_assert_msg(ms >= 300 && ms < 2000, "beside a poll: %" PRId64 " ms", ms);
+	ms = small_answer_ms(&fx, TP_H2_PROMPT, -1);
+	ck_assert_msg(ms < 200, "a prompt small answer took %" PRId64 " ms", ms);
+	ms = small_answer_ms(&fx, TP_H2_PROMPT, TP_H2_LAZY);
+	ck_assert_msg(ms < 200, "prompt beside a lazy call: %" PRId64 " ms", ms);
+	ms = small_answer_ms(&fx, TP_H2_LAZY, TP_H2_PROMPT);
+	ck_assert_msg(ms < 200, "lazy beside a prompt call: %" PRId64 " ms", ms);
+	ms = small_answer_ms(&fx, TP_H2_ANY, TP_H2_ANY);
+	ck_assert_msg(ms < 200, "polls alone: %" PRId64 " ms", ms);
+
+	/* the small answer comes in with a large one 30 ms later */
+	memset(big, 'b', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	cd = 2;
+	t0 = tp_now_mono_ms();
+	start_patient(&fx, "/t.S/Echo", "x", TP_H2_LAZY, &a, &cd);
+	start_patient(&fx, "/t.S/Slow", big, TP_H2_LAZY, &b, &cd);
+	event_base_dispatch(fx.base);
+	ck_assert(a.done && b.done);
+	ck_assert_uint_eq(b.len, sizeof(big) - 1);
+	ck_assert_msg(a.done_ms - t0 >= 20 && a.done_ms - t0 < 200, "with a large answer: %" PRId64
+	    " ms", a.done_ms - t0);
+	ck_assert_int_le(a.done_ms, b.done_ms);
+
+	/* a 2 KiB answer whose last 60 bytes (the end of its DATA frame, the trailers) come 50 ms
+	 * later */
+	fx.srv->split_tail = 60;
+	cd = 1;
+	t0 = tp_now_mono_ms();
+	start_patient(&fx, "/t.S/Big", "", TP_H2_LAZY, &a, &cd);
+	event_base_dispatch(fx.base);
+	ck_assert(a.done);
+	ck_assert_int_eq(a.code, TP_GRPC_OK);
+	ck_assert_uint_eq(a.len, 2048);
+	ck_assert_int_eq(fx.srv->split_tail, 0);         /* it was split */
+	ck_assert_msg(a.done_ms - t0 >= 40 && a.done_ms - t0 < 300, "a cut frame: %" PRId64 " ms",
+	    a.done_ms - t0);
+
+	/* off again: read as it comes */
+	tp_grpc_channel_set_lazy_read(fx.ch, 0);
+	ms = small_answer_ms(&fx, TP_H2_LAZY, -1);
+	ck_assert_msg(ms < 200, "lazy reads off: %" PRId64 " ms", ms);
+	ck_assert_int_eq(fx.srv->nconns, 1);
+	fx_done(&fx);
+}
+END_TEST
+
 START_TEST(test_h2_connect_timeout)
 {
 	struct fixture fx;
@@ -1777,6 +1917,7 @@ grpc_suite(void)
 
 	tcase_set_timeout(chan, 30);
 	tcase_add_test(chan, test_chan_echo);
+	tcase_add_test(chan, test_chan_lazy_read);
 	tcase_add_test(chan, test_chan_empty_and_status);
 	tcase_add_test(chan, test_chan_oversize);
 	tcase_add_test(chan, test_chan_large);
