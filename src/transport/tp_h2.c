@@ -704,12 +704,12 @@ on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t id, const uint8_t
 
 /* --- lazy reads -------------------------------------------------------------------------- */
 
-/* While every open stream that has a preference is LAZY (at least one), a cleartext connection
- * at a frame boundary sets SO_RCVLOWAT to TP_H2_LAZY_LOWAT: a small answer (a report's, a PING)
- * then waits in the socket for the next larger one (a poll that brings a task) instead of waking
- * the process, for lazy_ms at most: lazy_ev, pending whenever the mark is raised and re-armed by
- * every read (which drains the socket), lowers it. A frame cut by a read lowers it at once, so that
- * its rest is read as it comes. Linux wakes epoll only once a TCP socket holds SO_RCVLOWAT bytes
+/* While a LAZY stream is open and no PROMPT one, a cleartext connection at a frame boundary sets
+ * SO_RCVLOWAT to TP_H2_LAZY_LOWAT: a small answer (a report's, a PING) then waits in the socket
+ * for the next larger one (a poll that brings a task) instead of waking the process, for lazy_ms at
+ * most: lazy_ev, pending whenever the mark is raised and re-armed by every read (which drains the
+ * socket), lowers it. A PROMPT stream or a frame cut by a read lowers it at once, so that its rest
+ * is read as it comes. Linux wakes epoll only once a TCP socket holds SO_RCVLOWAT bytes
  * (also at EOF and on errors), and setting the option re-checks at once. */
 static void
 patience_count(struct tp_h2_conn *c, enum tp_h2_patience p, int d)
@@ -735,20 +735,24 @@ lowat_set(struct tp_h2_conn *c, bool on)
 }
 
 /* Raise or lower the mark as the streams and the framing now allow; after_read restarts the
- * bound (the socket has just been drained). */
+ * bound (the socket has just been drained). A LAZY stream raises it; once raised it stays while
+ * the reads come (the bound lowers it lazy_ms after the last one), so that a busy connection does
+ * not set it twice per report. */
 static void
 lazy_update(struct tp_h2_conn *c, bool after_read)
 {
-	bool want = c->lazy_ms > 0 && c->rd_ev != NULL && c->state != TP_H2_CLOSED &&
-	    c->nprompt == 0 && c->nlazy > 0 && c->rx_hdr_have == 0 && c->rx_left == 0;
+	bool allowed = c->lazy_ms > 0 && c->rd_ev != NULL && c->state != TP_H2_CLOSED &&
+	    c->nprompt == 0 && c->rx_hdr_have == 0 && c->rx_left == 0;
 	struct timeval tv;
 
-	if (!want) {
+	if (!allowed) {
 		if (c->lowat_on)
 			lowat_set(c, false);
 		return;
 	}
 	if (!c->lowat_on) {
+		if (c->nlazy == 0)
+			return;
 		lowat_set(c, true);
 		if (!c->lowat_on)
 			return;
@@ -1204,6 +1208,7 @@ on_work(evutil_socket_t fd, short what, void *arg)
 		conn_close(c);
 		return;
 	}
+	lazy_update(c, false);
 	if (c->shutdown_req && !c->term_sent && c->nstreams == 0 && c->session != NULL) {
 		c->term_sent = true;
 		nghttp2_session_terminate_session(c->session, NGHTTP2_NO_ERROR);
@@ -1492,8 +1497,7 @@ tp_h2_submit(struct tp_h2_conn *c, const nghttp2_nv *nva, size_t nvlen,
 	TAILQ_INSERT_TAIL(&c->streams, s, link);
 	c->nstreams++;
 	patience_count(c, s->patience, 1);
-	lazy_update(c, false);
-	schedule_work(c);
+	schedule_work(c);          /* its on_work lowers the mark if the stream stays PROMPT */
 	return s;
 }
 

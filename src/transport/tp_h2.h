@@ -145,16 +145,16 @@ struct tp_h2_stream *tp_h2_submit(struct tp_h2_conn *c, const nghttp2_nv *nva, s
 enum tp_h2_patience {
 	TP_H2_PROMPT = 0,  /* the default: as it arrives; while one is open, nothing is deferred */
 	TP_H2_LAZY,        /* a small answer may wait for the next larger read, lazy_ms at most */
-	TP_H2_ANY          /* no preference (a long poll): its small answers wait only while a LAZY
-	                    * stream is open, and it does not prevent the deferral */
+	TP_H2_ANY          /* no preference (a long poll): neither starts nor prevents the deferral,
+	                    * and its small answers wait like the others while it runs */
 };
 void tp_h2_stream_set_patience(struct tp_h2_stream *s, enum tp_h2_patience p);
 
-/* Lazy reads, for cleartext connections (TLS ignores them): while at least one LAZY stream and no
- * PROMPT stream is open, reads of fewer than 128 bytes (a unary answer without a body, a PING) do
- * not wake the process: they are read with the next larger arrival, or ms after the last read at
- * the latest. Saves a wake-up per report on a busy worker. 0 (the default) turns them off; a
- * change applies at once. */
+/* Lazy reads, for cleartext connections (TLS ignores them): from the start of a LAZY stream until
+ * ms after the last read, unless a PROMPT stream is open, fewer than 128 bytes (a unary answer
+ * without a body, a PING) do not wake the process: they are read with the next larger arrival, or
+ * ms after the last read at the latest. Saves a wake-up per report on a busy worker. 0 (the
+ * default) turns them off; a change applies at once. */
 void tp_h2_conn_set_lazy_read(struct tp_h2_conn *c, int ms);
 
 /* Reset the stream with error_code (NGHTTP2_CANCEL for a local cancel) and detach it: no further
