@@ -472,13 +472,22 @@ tp_temporal_heartbeat(struct tp_temporal *t, const ProtobufCBinaryData *token,
 	    &o, cb, arg);
 }
 
+/* Complete, fail and canceled: retried for report_retry_ms; their answers may be read lazily. */
+static struct tp_temporal_call_opts
+report_opts(const struct tp_temporal *t)
+{
+	struct tp_temporal_call_opts o = { DEFAULT_TIMEOUT_MS, t->report_retry_ms, TP_H2_LAZY };
+
+	return o;
+}
+
 struct tp_temporal_call *
 tp_temporal_complete(struct tp_temporal *t, const ProtobufCBinaryData *token,
     const Temporal__Api__Common__V1__Payloads *result, tp_temporal_cb cb, void *arg)
 {
 	Temporal__Api__Workflowservice__V1__RespondActivityTaskCompletedRequest req =
 	    TEMPORAL__API__WORKFLOWSERVICE__V1__RESPOND_ACTIVITY_TASK_COMPLETED_REQUEST__INIT;
-	struct tp_temporal_call_opts o = { DEFAULT_TIMEOUT_MS, t->report_retry_ms, TP_H2_LAZY };
+	struct tp_temporal_call_opts o = report_opts(t);
 
 	req.task_token = *token;
 	req.result = (Temporal__Api__Common__V1__Payloads *)result;
@@ -540,7 +549,7 @@ tp_temporal_fail(struct tp_temporal *t, const ProtobufCBinaryData *token,
     const Temporal__Api__Common__V1__Payloads *last_heartbeat_details,
     tp_temporal_cb cb, void *arg)
 {
-	struct tp_temporal_call_opts o = { DEFAULT_TIMEOUT_MS, t->report_retry_ms, TP_H2_LAZY };
+	struct tp_temporal_call_opts o = report_opts(t);
 	size_t len;
 	uint8_t *req = tp_temporal_pack_fail(t, token, failure, last_heartbeat_details, &len);
 
@@ -555,7 +564,7 @@ tp_temporal_canceled(struct tp_temporal *t, const ProtobufCBinaryData *token,
 {
 	Temporal__Api__Workflowservice__V1__RespondActivityTaskCanceledRequest req =
 	    TEMPORAL__API__WORKFLOWSERVICE__V1__RESPOND_ACTIVITY_TASK_CANCELED_REQUEST__INIT;
-	struct tp_temporal_call_opts o = { DEFAULT_TIMEOUT_MS, t->report_retry_ms, TP_H2_LAZY };
+	struct tp_temporal_call_opts o = report_opts(t);
 
 	req.task_token = *token;
 	req.details = (Temporal__Api__Common__V1__Payloads *)details;
