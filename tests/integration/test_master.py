@@ -598,8 +598,15 @@ def test_status_endpoint(server, tprefork, tmp_path):
     def get(path):
         return http_get(port, path)
 
-    ctype, body = get("/status")
-    st = json.loads(body)
+    # The master learns that the Echo tasks ended from the children's TaskDone, which follows each
+    # report's confirmation (read with the next larger answer, 50 ms at most) and waits for the
+    # child's next message (50 ms at most), read within 75 ms: wait for the table to settle.
+    def settled():
+        ctype, body = get("/status")
+        st = json.loads(body)
+        types = [t["activity_type"] for c in st["children"] for t in c["inflight"]]
+        return (ctype, st) if types == ["Sleep"] else None
+    ctype, st = wait_until(settled, 5, "the Echo tasks' TaskDone")
     assert ctype == "application/json"
     assert st["state"] == "running" and st["generation"] == 1 and st["workers"] == 2
     assert st["journal"] == {"paused": False, "inflight": 1, "outbox": 0}, st["journal"]
