@@ -442,8 +442,9 @@ tp_temporal_poll_activity(struct tp_temporal *t, const char *task_queue,
 	Temporal__Api__Workflowservice__V1__PollActivityTaskQueueRequest req =
 	    TEMPORAL__API__WORKFLOWSERVICE__V1__POLL_ACTIVITY_TASK_QUEUE_REQUEST__INIT;
 	Temporal__Api__Taskqueue__V1__TaskQueue tq = TEMPORAL__API__TASKQUEUE__V1__TASK_QUEUE__INIT;
-	/* A poll's answer that brings a task is large and wakes the worker at once. */
-	struct tp_temporal_call_opts o = { timeout_ms, 0, TP_H2_ANY };
+	/* A poll's answer that brings a task is large: it wakes the worker at once and brings the
+	 * reports' small answers in with it (lazy reads). */
+	struct tp_temporal_call_opts o = { timeout_ms, 0, TP_H2_CARRIER };
 
 	tq.name = (char *)task_queue;
 	tq.kind = TEMPORAL__API__ENUMS__V1__TASK_QUEUE_KIND__TASK_QUEUE_KIND_NORMAL;

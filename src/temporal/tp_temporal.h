@@ -125,8 +125,8 @@ uint8_t *tp_temporal_pack_fail(struct tp_temporal *t, const ProtobufCBinaryData 
     const Temporal__Api__Failure__V1__Failure *failure,
     const Temporal__Api__Common__V1__Payloads *last_heartbeat_details, size_t *len);
 /* Lazy reads (tp_h2_conn_set_lazy_read) on the client's connections; 0 turns them off. The
- * answers of heartbeats and reports may then wait up to ms; polls neither wait nor prevent it;
- * every other call is read at once. */
+ * answers of heartbeats and reports may then wait up to ms while a poll is open (its answer
+ * brings them in); every other call is read at once. */
 void tp_temporal_set_lazy_read(struct tp_temporal *t, int ms);
 /* How long complete / fail / canceled retry transient errors (default
  * TP_TEMPORAL_REPORT_RETRY_MS). */

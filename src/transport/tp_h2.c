@@ -128,6 +128,7 @@ struct tp_h2_conn {
 	struct event          *lazy_ev;      /* pending whenever lowat_on: bounds the wait */
 	size_t                 nprompt;      /* open streams by patience */
 	size_t                 nlazy;
+	size_t                 ncarrier;
 	uint8_t                rx_hdr_have;  /* bytes of the current frame's header received */
 	uint32_t               rx_len;       /* its length field, as far as received */
 	uint32_t               rx_left;      /* payload bytes of the current frame still to come */
@@ -704,11 +705,13 @@ on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t id, const uint8_t
 
 /* --- lazy reads -------------------------------------------------------------------------- */
 
-/* While a LAZY stream is open and no PROMPT one, a cleartext connection at a frame boundary sets
- * SO_RCVLOWAT to TP_H2_LAZY_LOWAT: a small answer (a report's, a PING) then waits in the socket
- * for the next larger one (a poll that brings a task) instead of waking the process, for lazy_ms at
- * most: lazy_ev, pending whenever the mark is raised and re-armed by every read (which drains the
- * socket), lowers it. A PROMPT stream or a frame cut by a read lowers it at once, so that its rest
+/* While a LAZY stream is open, a CARRIER one too and no PROMPT one, a cleartext connection at a
+ * frame boundary sets SO_RCVLOWAT to TP_H2_LAZY_LOWAT: a small answer (a report's, a PING) then
+ * waits in the socket for the next larger one (a poll that brings a task) instead of waking the
+ * process, for lazy_ms at most: lazy_ev, pending whenever the mark is raised and re-armed by every
+ * read (which drains the socket), lowers it. A PROMPT stream, the close of the last CARRIER (no
+ * larger answer is on its way then: a worker whose slots are all taken has no poll open, and a
+ * report's answer frees its slot) or a frame cut by a read lowers it at once, so that what waits
  * is read as it comes. Linux wakes epoll only once a TCP socket holds SO_RCVLOWAT bytes
  * (also at EOF and on errors), and setting the option re-checks at once. */
 static void
@@ -718,6 +721,8 @@ patience_count(struct tp_h2_conn *c, enum tp_h2_patience p, int d)
 		c->nprompt += (size_t)d;
 	else if (p == TP_H2_LAZY)
 		c->nlazy += (size_t)d;
+	else
+		c->ncarrier += (size_t)d;
 }
 
 static void
@@ -742,7 +747,7 @@ static void
 lazy_update(struct tp_h2_conn *c, bool after_read)
 {
 	bool allowed = c->lazy_ms > 0 && c->rd_ev != NULL && c->state != TP_H2_CLOSED &&
-	    c->nprompt == 0 && c->rx_hdr_have == 0 && c->rx_left == 0;
+	    c->nprompt == 0 && c->ncarrier > 0 && c->rx_hdr_have == 0 && c->rx_left == 0;
 	struct timeval tv;
 
 	if (!allowed) {
@@ -818,6 +823,8 @@ stream_release(struct tp_h2_conn *c, struct tp_h2_stream *s, uint32_t code, cons
 	TAILQ_REMOVE(&c->streams, s, link);
 	c->nstreams--;
 	patience_count(c, s->patience, -1);
+	if (s->patience == TP_H2_CARRIER && c->ncarrier == 0)
+		lazy_update(c, false);
 	if (s->cbs != NULL)
 		s->cbs->on_close(s->arg, &ci);
 	free(s);

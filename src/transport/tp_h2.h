@@ -145,16 +145,17 @@ struct tp_h2_stream *tp_h2_submit(struct tp_h2_conn *c, const nghttp2_nv *nva, s
 enum tp_h2_patience {
 	TP_H2_PROMPT = 0,  /* the default: as it arrives; while one is open, nothing is deferred */
 	TP_H2_LAZY,        /* a small answer may wait for the next larger read, lazy_ms at most */
-	TP_H2_ANY          /* no preference (a long poll): neither starts nor prevents the deferral,
-	                    * and its small answers wait like the others while it runs */
+	TP_H2_CARRIER      /* a long poll: its answer, when one comes, is large and brings the waiting
+	                    * small answers in; nothing is deferred unless one is open */
 };
 void tp_h2_stream_set_patience(struct tp_h2_stream *s, enum tp_h2_patience p);
 
 /* Lazy reads, for cleartext connections (TLS ignores them): from the start of a LAZY stream until
- * ms after the last read, unless a PROMPT stream is open, fewer than 128 bytes (a unary answer
- * without a body, a PING) do not wake the process: they are read with the next larger arrival, or
- * ms after the last read at the latest. Saves a wake-up per report on a busy worker. 0 (the
- * default) turns them off; a change applies at once. */
+ * ms after the last read, while a CARRIER stream is open and no PROMPT one, fewer than 128 bytes (a
+ * unary answer without a body, a PING) do not wake the process: they are read with the next larger
+ * arrival, or ms after the last read at the latest. Without an open carrier nothing larger is on
+ * its way, so nothing waits. Saves a wake-up per report on a busy worker. 0 (the default) turns
+ * them off; a change applies at once. */
 void tp_h2_conn_set_lazy_read(struct tp_h2_conn *c, int ms);
 
 /* Reset the stream with error_code (NGHTTP2_CANCEL for a local cancel) and detach it: no further

@@ -44,9 +44,10 @@ typedef Temporal__Api__Workflowservice__V1__PollActivityTaskQueueResponse poll_r
 #define POLL_REPLACE_WITHIN_MS 5
 /* While the worker serves, the small answers to its reports and heartbeats (and the server's PINGs)
  * are read with the next poll that brings a task, or this long after the last read at the latest,
- * instead of waking the process each (tp_h2_conn_set_lazy_read; cleartext connections). Off from
+ * instead of waking the process each (tp_h2_conn_set_lazy_read; cleartext connections). Only while
+ * a poll is open: with every slot taken none is, and a report's answer frees its slot. Off from
  * the drain on, so that nothing delays the exit. */
-#define LAZY_READ_MS 50
+#define LAZY_READ_MS 100
 /* stderr lines logged per activity before the rest is suppressed. */
 #define STDERR_LINES_MAX 100
 

@@ -1764,36 +1764,53 @@ start_patient(struct fixture *fx, const char *path, const char *req, enum tp_h2_
 	return call;
 }
 
-/* Milliseconds from t0 until a LAZY/PROMPT/ANY Echo "x" (an answer of about 40 bytes) is done;
- * hang_p: a Hang call of that patience is open meanwhile (-1: none). */
+/* Milliseconds from t0 until an Echo "x" of patience p (an answer of about 40 bytes) is done;
+ * open1, open2: a Hang call of that patience is open meanwhile (-1: none). */
 static int64_t
-small_answer_ms(struct fixture *fx, enum tp_h2_patience p, int hang_p)
+small_answer_ms(struct fixture *fx, enum tp_h2_patience p, int open1, int open2)
 {
-	struct result a, h;
-	struct tp_grpc_call *hang = NULL;
+	struct result a, h1, h2;
+	struct tp_grpc_call *hang1 = NULL, *hang2 = NULL;
 	int cd = 1;
 	int64_t t0;
 
-	if (hang_p >= 0)
-		hang = start_patient(fx, "/t.S/Hang", "h", (enum tp_h2_patience)hang_p, &h, &cd);
+	if (open1 >= 0)
+		hang1 = start_patient(fx, "/t.S/Hang", "h", (enum tp_h2_patience)open1, &h1, &cd);
+	if (open2 >= 0)
+		hang2 = start_patient(fx, "/t.S/Hang", "h", (enum tp_h2_patience)open2, &h2, &cd);
 	t0 = tp_now_mono_ms();
 	start_patient(fx, "/t.S/Echo", "x", p, &a, &cd);
 	event_base_dispatch(fx->base);
 	ck_assert(a.done);
 	ck_assert_int_eq(a.code, TP_GRPC_OK);
 	ck_assert_uint_eq(a.len, 1);
-	if (hang != NULL)
-		tp_grpc_call_cancel(hang);
+	if (hang1 != NULL)
+		tp_grpc_call_cancel(hang1);
+	if (hang2 != NULL)
+		tp_grpc_call_cancel(hang2);
 	return a.done_ms - t0;
 }
 
-/* Lazy reads: alone, a LAZY call's small answer waits for the bound (400 ms here, never much more);
- * a larger arrival brings it in at once; a PROMPT call, or ANY calls without a LAZY one, are read as
- * they come; a frame that arrives in two pieces is read when its rest comes, not at the bound. */
+static void
+on_cancel_due(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	tp_grpc_call_cancel(arg);
+}
+
+/* Lazy reads: a LAZY call's small answer waits for the bound (400 ms here, never much more) while a
+ * CARRIER call (a poll) is open, and is read as it comes without one; a larger arrival brings it in
+ * at once, and so does the close of the last carrier; a PROMPT call, or carriers without a LAZY
+ * call, are read as they come; a frame that arrives in two pieces is read when its rest comes, not
+ * at the bound. */
 START_TEST(test_chan_lazy_read)
 {
 	struct fixture fx;
-	struct result a, b, w;
+	struct result a, b, h, w;
+	struct tp_grpc_call *hang;
+	struct event *ev;
+	struct timeval tv = { 0, 50 * 1000 };
 	char big[1001];
 	int cd;
 	int64_t t0, ms;
@@ -1802,23 +1819,42 @@ START_TEST(test_chan_lazy_read)
 	run_call(&fx, "/t.S/Echo", "warm-up", 5000, &w);    /* connected, SETTINGS exchanged */
 	tp_grpc_channel_set_lazy_read(fx.ch, 400);
 
-	ms = small_answer_ms(&fx, TP_H2_LAZY, -1);
-	ck_assert_msg(ms >= 300 && ms < 2000, "a lazy small answer took %" PRId64 " ms", ms);
-	ms = small_answer_ms(&fx, TP_H2_LAZY, TP_H2_ANY);
-	ck_assert_msg(ms >= 300 && ms < 2000, "beside a poll: %" PRId64 " ms", ms);
-	ms = small_answer_ms(&fx, TP_H2_PROMPT, -1);
-	ck_assert_msg(ms < 200, "a prompt small answer took %" PRId64 " ms", ms);
-	ms = small_answer_ms(&fx, TP_H2_PROMPT, TP_H2_LAZY);
-	ck_assert_msg(ms < 200, "prompt beside a lazy call: %" PRId64 " ms", ms);
-	ms = small_answer_ms(&fx, TP_H2_LAZY, TP_H2_PROMPT);
-	ck_assert_msg(ms < 200, "lazy beside a prompt call: %" PRId64 " ms", ms);
-	ms = small_answer_ms(&fx, TP_H2_ANY, TP_H2_ANY);
+	ms = small_answer_ms(&fx, TP_H2_LAZY, TP_H2_CARRIER, -1);
+	ck_assert_msg(ms >= 300 && ms < 2000, "a lazy small answer beside a poll took %" PRId64
+	    " ms", ms);
+	ms = small_answer_ms(&fx, TP_H2_LAZY, TP_H2_CARRIER, TP_H2_LAZY);
+	ck_assert_msg(ms >= 300 && ms < 2000, "beside a poll and a lazy call: %" PRId64 " ms", ms);
+	ms = small_answer_ms(&fx, TP_H2_LAZY, -1, -1);
+	ck_assert_msg(ms < 200, "a lazy small answer without a poll: %" PRId64 " ms", ms);
+	ms = small_answer_ms(&fx, TP_H2_LAZY, TP_H2_LAZY, -1);
+	ck_assert_msg(ms < 200, "beside a lazy call, without a poll: %" PRId64 " ms", ms);
+	ms = small_answer_ms(&fx, TP_H2_PROMPT, TP_H2_CARRIER, -1);
+	ck_assert_msg(ms < 200, "a prompt small answer beside a poll: %" PRId64 " ms", ms);
+	ms = small_answer_ms(&fx, TP_H2_PROMPT, TP_H2_CARRIER, TP_H2_LAZY);
+	ck_assert_msg(ms < 200, "prompt beside a poll and a lazy call: %" PRId64 " ms", ms);
+	ms = small_answer_ms(&fx, TP_H2_LAZY, TP_H2_CARRIER, TP_H2_PROMPT);
+	ck_assert_msg(ms < 200, "lazy beside a poll and a prompt call: %" PRId64 " ms", ms);
+	ms = small_answer_ms(&fx, TP_H2_CARRIER, TP_H2_CARRIER, -1);
 	ck_assert_msg(ms < 200, "polls alone: %" PRId64 " ms", ms);
+
+	/* the last poll ends (cancelled here) 50 ms in: what waited is read then */
+	cd = 1;
+	hang = start_patient(&fx, "/t.S/Hang", "h", TP_H2_CARRIER, &h, &cd);
+	ev = evtimer_new(fx.base, on_cancel_due, hang);
+	evtimer_add(ev, &tv);
+	t0 = tp_now_mono_ms();
+	start_patient(&fx, "/t.S/Echo", "x", TP_H2_LAZY, &a, &cd);
+	event_base_dispatch(fx.base);
+	event_free(ev);
+	ck_assert(a.done && !h.done);
+	ck_assert_msg(a.done_ms - t0 >= 40 && a.done_ms - t0 < 300, "the last poll closed: %" PRId64
+	    " ms", a.done_ms - t0);
 
 	/* the small answer comes in with a large one 30 ms later */
 	memset(big, 'b', sizeof(big) - 1);
 	big[sizeof(big) - 1] = '\0';
 	cd = 2;
+	hang = start_patient(&fx, "/t.S/Hang", "h", TP_H2_CARRIER, &h, &cd);
 	t0 = tp_now_mono_ms();
 	start_patient(&fx, "/t.S/Echo", "x", TP_H2_LAZY, &a, &cd);
 	start_patient(&fx, "/t.S/Slow", big, TP_H2_LAZY, &b, &cd);
@@ -1842,10 +1878,11 @@ START_TEST(test_chan_lazy_read)
 	ck_assert_int_eq(fx.srv->split_tail, 0);         /* it was split */
 	ck_assert_msg(a.done_ms - t0 >= 40 && a.done_ms - t0 < 300, "a cut frame: %" PRId64 " ms",
 	    a.done_ms - t0);
+	tp_grpc_call_cancel(hang);
 
 	/* off again: read as it comes */
 	tp_grpc_channel_set_lazy_read(fx.ch, 0);
-	ms = small_answer_ms(&fx, TP_H2_LAZY, -1);
+	ms = small_answer_ms(&fx, TP_H2_LAZY, TP_H2_CARRIER, -1);
 	ck_assert_msg(ms < 200, "lazy reads off: %" PRId64 " ms", ms);
 	ck_assert_int_eq(fx.srv->nconns, 1);
 	fx_done(&fx);
