@@ -67,7 +67,11 @@ def worker_pids(master_pid: int) -> list[int]:
 
 
 def cmdline(pid: int) -> str:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    """The process's command line; "" once it has gone (a listing can outlive what it lists)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
 
 
 def ppid_of(pid: int) -> int:
