@@ -603,7 +603,7 @@ def test_status_endpoint(server, tprefork, tmp_path):
         return http_get(port, path)
 
     # The master learns that the Echo tasks ended from the children's TaskDone, which follows each
-    # report's confirmation (read with the next larger answer, 50 ms at most) and waits for the
+    # report's confirmation (read with the next larger answer, 100 ms at most) and waits for the
     # child's next message (50 ms at most), read within 75 ms: wait for the table to settle.
     def settled():
         ctype, body = get("/status")
